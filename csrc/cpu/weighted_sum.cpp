@@ -1,0 +1,153 @@
+// CPU kernels of fastnas::weighted_sum: fused forward and one-pass backward.
+#include "fastnas.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace fastnas {
+namespace {
+
+// Elements per tile: the accumulator tile stays in L1 while the K inputs stream through it.
+constexpr int64_t kTile = 512;
+// Elements per backward chunk. Fixed (not per-thread), so the weight-gradient sums are identical
+// whatever the thread count.
+constexpr int64_t kChunk = 16384;
+
+template <typename opmath_t>
+std::vector<opmath_t> weights_as(const at::Tensor& weights) {
+  at::Tensor w = weights.to(c10::CppTypeToScalarType<opmath_t>::value).contiguous();
+  const opmath_t* p = w.data_ptr<opmath_t>();
+  return std::vector<opmath_t>(p, p + w.numel());
+}
+
+template <typename scalar_t>
+void forward_kernel(const std::vector<const scalar_t*>& xs, const at::Tensor& weights,
+                    scalar_t* out, int64_t n) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const std::vector<opmath_t> w = weights_as<opmath_t>(weights);
+  const int64_t K = static_cast<int64_t>(xs.size());
+  at::parallel_for(0, n, 4 * kTile, [&](int64_t begin, int64_t end) {
+    opmath_t acc[kTile];
+    for (int64_t t0 = begin; t0 < end; t0 += kTile) {
+      const int64_t len = std::min(kTile, end - t0);
+      const scalar_t* x0 = xs[0] + t0;
+      const opmath_t w0 = w[0];
+      for (int64_t i = 0; i < len; ++i) acc[i] = w0 * static_cast<opmath_t>(x0[i]);
+      for (int64_t k = 1; k < K; ++k) {
+        const scalar_t* xk = xs[k] + t0;
+        const opmath_t wk = w[k];
+        for (int64_t i = 0; i < len; ++i) acc[i] += wk * static_cast<opmath_t>(xk[i]);
+      }
+      scalar_t* o = out + t0;
+      for (int64_t i = 0; i < len; ++i) o[i] = static_cast<scalar_t>(acc[i]);
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_kernel(const scalar_t* grad, const std::vector<const scalar_t*>& xs,
+                     const at::Tensor& weights, const std::vector<scalar_t*>& gxs,
+                     double* grad_w, int64_t n, bool need_x, bool need_w) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const std::vector<opmath_t> w = weights_as<opmath_t>(weights);
+  const int64_t K = static_cast<int64_t>(xs.size());
+  const int64_t nchunks = (n + kChunk - 1) / kChunk;
+  // partial[c * K + k]: chunk c's share of sum(grad * x_k), summed in a fixed order afterwards.
+  std::vector<double> partial(need_w ? nchunks * K : 0, 0.0);
+  at::parallel_for(0, nchunks, 1, [&](int64_t cbegin, int64_t cend) {
+    opmath_t g[kTile];
+    for (int64_t c = cbegin; c < cend; ++c) {
+      const int64_t e0 = c * kChunk, e1 = std::min(n, e0 + kChunk);
+      for (int64_t t0 = e0; t0 < e1; t0 += kTile) {
+        const int64_t len = std::min(kTile, e1 - t0);
+        for (int64_t i = 0; i < len; ++i) g[i] = static_cast<opmath_t>(grad[t0 + i]);
+        for (int64_t k = 0; k < K; ++k) {
+          if (need_x) {
+            scalar_t* gx = gxs[k] + t0;
+            const opmath_t wk = w[k];
+            for (int64_t i = 0; i < len; ++i) gx[i] = static_cast<scalar_t>(wk * g[i]);
+          }
+          if (need_w) {
+            const scalar_t* xk = xs[k] + t0;
+            opmath_t dot = 0;
+            for (int64_t i = 0; i < len; ++i) dot += g[i] * static_cast<opmath_t>(xk[i]);
+            partial[c * K + k] += static_cast<double>(dot);
+          }
+        }
+      }
+    }
+  });
+  if (need_w) {
+    for (int64_t k = 0; k < K; ++k) grad_w[k] = 0.0;
+    for (int64_t c = 0; c < nchunks; ++c)
+      for (int64_t k = 0; k < K; ++k) grad_w[k] += partial[c * K + k];
+  }
+}
+
+}  // namespace
+
+at::Tensor weighted_sum_cpu(const at::Tensor& weights, at::TensorList inputs) {
+  check_weighted_sum_args(weights, inputs, "weighted_sum");
+  // The output keeps the inputs' memory format (empty_like preserves dense strides, e.g.
+  // channels_last); every input is walked in that same element order.
+  at::Tensor out = at::empty_like(inputs[0]);
+  std::vector<at::Tensor> xs;
+  xs.reserve(inputs.size());
+  for (const auto& x : inputs) xs.push_back(match_layout(x, out));
+  const int64_t n = out.numel();
+  if (n == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "weighted_sum_cpu",
+                                  [&] {
+                                    std::vector<const scalar_t*> ptrs;
+                                    for (const auto& x : xs) ptrs.push_back(x.const_data_ptr<scalar_t>());
+                                    forward_kernel<scalar_t>(ptrs, weights, out.data_ptr<scalar_t>(), n);
+                                  });
+  return out;
+}
+
+std::tuple<std::vector<at::Tensor>, at::Tensor> weighted_sum_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& weights, at::TensorList inputs,
+    std::array<bool, 2> output_mask) {
+  check_weighted_sum_args(weights, inputs, "weighted_sum_backward");
+  TORCH_CHECK(grad_out.sizes() == inputs[0].sizes() && grad_out.scalar_type() == inputs[0].scalar_type(),
+              "weighted_sum_backward: `grad_out` must match the inputs' shape ", inputs[0].sizes(),
+              " and dtype ", inputs[0].scalar_type(), ", got ", grad_out.sizes(), " ",
+              grad_out.scalar_type());
+  const bool need_x = output_mask[0], need_w = output_mask[1];
+  const int64_t K = static_cast<int64_t>(inputs.size());
+  at::Tensor layout = at::empty_like(inputs[0]);
+  at::Tensor g = match_layout(grad_out, layout);
+  std::vector<at::Tensor> xs, gxs;
+  if (need_w)
+    for (const auto& x : inputs) xs.push_back(match_layout(x, layout));
+  if (need_x)
+    for (int64_t k = 0; k < K; ++k) gxs.push_back(k == 0 ? layout : at::empty_like(layout));
+  at::Tensor grad_w64 = at::zeros({K}, weights.options().dtype(at::kDouble));
+  const int64_t n = layout.numel();
+  if (n > 0 && (need_x || need_w)) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(),
+                                    "weighted_sum_backward_cpu", [&] {
+      std::vector<const scalar_t*> xp;
+      std::vector<scalar_t*> gp;
+      for (const auto& x : xs) xp.push_back(x.const_data_ptr<scalar_t>());
+      if (!need_w) xp.assign(K, nullptr);
+      for (auto& t : gxs) gp.push_back(t.data_ptr<scalar_t>());
+      backward_kernel<scalar_t>(g.const_data_ptr<scalar_t>(), xp, weights, gp,
+                                grad_w64.data_ptr<double>(), n, need_x, need_w);
+    });
+  }
+  return {gxs, grad_w64.to(weights.scalar_type())};
+}
+
+TORCH_LIBRARY_IMPL(fastnas, CPU, m) {
+  m.impl("weighted_sum", &weighted_sum_cpu);
+  m.impl("weighted_sum_backward", &weighted_sum_backward_cpu);
+}
+
+}  // namespace fastnas
