@@ -81,7 +81,7 @@ def build_extensions():
         # torch's arch detection crashes with no visible GPU: default to Ampere + Hopper.
         os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
 
-    sources = ["csrc/fastnas.cpp", "csrc/common.cpp"]
+    sources = ["csrc/fastnas.cpp", "csrc/common.cpp", "csrc/autograd.cpp"]
     sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cpu").glob("*.cpp"))
     # Python's default CFLAGS carry -g, which makes these builds ~2.5x slower: -g0 comes last.
     cxx = ["-O3", "-g0", "-fvisibility=hidden"]

@@ -10,9 +10,9 @@
 
 namespace fastnas {
 
-C10_HOST_DEVICE inline uint32_t philox_at(uint64_t seed, uint64_t offset, uint64_t idx) {
-  // Counter: (idx / 4, offset), key: seed; the element takes word idx % 4 of the block.
-  uint64_t block = idx >> 2;
+// Philox4x32-10 block `block` of stream (seed, offset): counter (block, offset), key seed.
+C10_HOST_DEVICE inline void philox_block(uint64_t seed, uint64_t offset, uint64_t block,
+                                         uint32_t out[4]) {
   uint32_t c0 = static_cast<uint32_t>(block), c1 = static_cast<uint32_t>(block >> 32);
   uint32_t c2 = static_cast<uint32_t>(offset), c3 = static_cast<uint32_t>(offset >> 32);
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
@@ -31,13 +31,27 @@ C10_HOST_DEVICE inline uint32_t philox_at(uint64_t seed, uint64_t offset, uint64
     k0 += 0x9E3779B9u;
     k1 += 0xBB67AE85u;
   }
-  switch (idx & 3) {
-    case 0: return c0;
-    case 1: return c1;
-    case 2: return c2;
-    default: return c3;
-  }
+  out[0] = c0;
+  out[1] = c1;
+  out[2] = c2;
+  out[3] = c3;
 }
+
+// Sequential reader of the stream: element idx is word idx % 4 of block idx / 4, and each block is
+// computed once however many of its words are read in a row.
+struct PhiloxReader {
+  uint64_t seed, offset;
+  uint64_t block = ~uint64_t(0);
+  uint32_t words[4] = {0, 0, 0, 0};
+  C10_HOST_DEVICE PhiloxReader(uint64_t s, uint64_t o) : seed(s), offset(o) {}
+  C10_HOST_DEVICE uint32_t at(uint64_t idx) {
+    if ((idx >> 2) != block) {
+      block = idx >> 2;
+      philox_block(seed, offset, block, words);
+    }
+    return words[idx & 3];
+  }
+};
 
 template <typename T>
 C10_HOST_DEVICE inline T fn_exp(T x) { return ::exp(x); }
@@ -56,11 +70,10 @@ C10_HOST_DEVICE inline bool fn_isfinite(T x) {
 #endif
 }
 
-// Gumbel(0, 1) noise for element `idx` of a call with (seed, offset). The uniform lies strictly in
-// (0, 1): float uses 23 bits ((k + 0.5) * 2^-23 is exact), double 32 bits.
+// Gumbel(0, 1) noise from one 32-bit Philox word. The uniform lies strictly in (0, 1): float uses
+// 23 bits ((k + 0.5) * 2^-23 is exact), double 32 bits.
 template <typename T>
-C10_HOST_DEVICE inline T gumbel_noise(uint64_t seed, uint64_t offset, uint64_t idx) {
-  uint32_t r = philox_at(seed, offset, idx);
+C10_HOST_DEVICE inline T gumbel_from_bits(uint32_t r) {
   T u;
   if constexpr (std::is_same<T, double>::value) {
     u = (static_cast<double>(r) + 0.5) * 2.3283064365386963e-10;
@@ -70,6 +83,9 @@ C10_HOST_DEVICE inline T gumbel_noise(uint64_t seed, uint64_t offset, uint64_t i
   return -fn_log<T>(-fn_log<T>(u));
 }
 
+// Rows up to this many candidates keep z in registers/stack; longer rows recompute it.
+constexpr int kGumbelCache = 16;
+
 // One row of gumbel_softmax: z_k = (logit_k + g_k) / tau, soft = softmax(z), index = first argmax of
 // z, weights = one_hot(index) if hard else soft. `noise` (opmath_t) may be null: then the noise comes
 // from Philox at (seed, offset, base + k). Returns false when a logit is not finite.
@@ -78,14 +94,19 @@ C10_HOST_DEVICE inline bool gumbel_row(const scalar_t* logits, const opmath_t* n
                                        uint64_t offset, uint64_t base, int64_t K, opmath_t tau,
                                        bool hard, scalar_t* weights, scalar_t* soft,
                                        int64_t* index) {
+  PhiloxReader rng(seed, offset);
+  auto z_at = [&](int64_t k) -> opmath_t {
+    opmath_t g = noise ? noise[k] : gumbel_from_bits<opmath_t>(rng.at(base + k));
+    return (static_cast<opmath_t>(logits[k]) + g) / tau;
+  };
+  opmath_t cache[kGumbelCache];
   bool finite = true;
   opmath_t zmax = 0;
   int64_t arg = 0;
   for (int64_t k = 0; k < K; ++k) {
-    opmath_t l = static_cast<opmath_t>(logits[k]);
-    finite = finite && fn_isfinite(l);
-    opmath_t g = noise ? noise[k] : gumbel_noise<opmath_t>(seed, offset, base + k);
-    opmath_t z = (l + g) / tau;
+    finite = finite && fn_isfinite(static_cast<opmath_t>(logits[k]));
+    const opmath_t z = z_at(k);
+    if (k < kGumbelCache) cache[k] = z;
     if (k == 0 || z > zmax) {
       zmax = z;
       arg = k;
@@ -93,15 +114,14 @@ C10_HOST_DEVICE inline bool gumbel_row(const scalar_t* logits, const opmath_t* n
   }
   opmath_t sum = 0;
   for (int64_t k = 0; k < K; ++k) {
-    opmath_t l = static_cast<opmath_t>(logits[k]);
-    opmath_t g = noise ? noise[k] : gumbel_noise<opmath_t>(seed, offset, base + k);
-    sum += fn_exp<opmath_t>((l + g) / tau - zmax);
+    const opmath_t e = fn_exp<opmath_t>((k < kGumbelCache ? cache[k] : z_at(k)) - zmax);
+    if (k < kGumbelCache) cache[k] = e;
+    sum += e;
   }
-  opmath_t inv = opmath_t(1) / sum;
+  const opmath_t inv = opmath_t(1) / sum;
   for (int64_t k = 0; k < K; ++k) {
-    opmath_t l = static_cast<opmath_t>(logits[k]);
-    opmath_t g = noise ? noise[k] : gumbel_noise<opmath_t>(seed, offset, base + k);
-    opmath_t y = fn_exp<opmath_t>((l + g) / tau - zmax) * inv;
+    const opmath_t e = k < kGumbelCache ? cache[k] : fn_exp<opmath_t>(z_at(k) - zmax);
+    const opmath_t y = e * inv;
     soft[k] = static_cast<scalar_t>(y);
     weights[k] = hard ? static_cast<scalar_t>(k == arg ? 1 : 0) : static_cast<scalar_t>(y);
   }

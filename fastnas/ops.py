@@ -1,7 +1,7 @@
 """Public fused ops of fastnas: ``weighted_sum`` and ``gumbel_softmax``.
 
 Each op is a torch custom op (``torch.ops.fastnas.*``, schemas in csrc/fastnas.cpp) with C++ CPU and
-CUDA kernels, a fake (meta) kernel and autograd registered here, so it works under autograd,
+CUDA kernels, a C++ autograd kernel and a fake (meta) kernel registered here, so it works under autograd,
 ``torch.compile(fullgraph=True)`` and ``torch.library.opcheck``. When the extension or a device's
 kernel is missing, the pure-PyTorch twin in :mod:`fastnas.reference` runs instead (one warning).
 
@@ -171,7 +171,7 @@ def weighted_sum(weights: Tensor, inputs: Sequence[Tensor]) -> Tensor:
     """
     _check_weighted_sum(weights, inputs)
     if _use_kernel("weighted_sum", inputs[0].device):
-        return torch.ops.fastnas.weighted_sum(weights, list(inputs))
+        return torch.ops.fastnas.weighted_sum.default(weights, list(inputs))
     return reference.weighted_sum(weights, inputs)
 
 
@@ -223,7 +223,7 @@ def gumbel_softmax(
     """
     _check_gumbel(logits, tau, noise)
     if _use_kernel("gumbel_softmax", logits.device):
-        weights, index, _soft = torch.ops.fastnas.gumbel_softmax(
+        weights, index, _soft = torch.ops.fastnas.gumbel_softmax.default(
             logits, float(tau), bool(hard), noise, generator
         )
         return weights, index
@@ -234,7 +234,8 @@ def gumbel_softmax(
 
 
 # ---------------------------------------------------------------------------------------------
-# Fake kernels and autograd for the compiled ops.
+# Fake kernels of the compiled ops. Their autograd is registered in C++ (csrc/autograd.cpp): a
+# Python autograd node would cost more than the gumbel_softmax kernel itself.
 # ---------------------------------------------------------------------------------------------
 if _C is not None:
 
@@ -246,31 +247,7 @@ if _C is not None:
     @torch.library.register_fake("fastnas::weighted_sum_backward")
     def _weighted_sum_backward_fake(grad_out, weights, inputs, output_mask):
         grads = [torch.empty_like(inputs[0]) for _ in inputs] if output_mask[0] else []
-        return grads, weights.new_empty(weights.shape, memory_format=torch.contiguous_format)
-
-    def _weighted_sum_setup(ctx, inputs, output):
-        weights, xs = inputs
-        ctx.need_w = weights.requires_grad
-        ctx.need_x = any(x.requires_grad for x in xs)
-        ctx.num_inputs = len(xs)
-        if ctx.need_w:
-            ctx.save_for_backward(weights, *xs)
-        else:
-            ctx.save_for_backward(weights)
-
-    def _weighted_sum_backward(ctx, grad):
-        saved = ctx.saved_tensors
-        weights = saved[0]
-        # Only the weight gradient reads the inputs; without it they were never saved.
-        xs = list(saved[1:]) if ctx.need_w else [grad] * ctx.num_inputs
-        grads, grad_w = torch.ops.fastnas.weighted_sum_backward(
-            grad, weights, xs, [ctx.need_x, ctx.need_w]
-        )
-        return (grad_w if ctx.need_w else None), (list(grads) if ctx.need_x else None)
-
-    torch.library.register_autograd(
-        "fastnas::weighted_sum", _weighted_sum_backward, setup_context=_weighted_sum_setup
-    )
+        return grads, torch.empty(weights.shape, dtype=weights.dtype, device=weights.device)
 
     @torch.library.register_fake("fastnas::gumbel_softmax")
     def _gumbel_softmax_fake(logits, tau, hard, noise=None, generator=None):
@@ -281,28 +258,3 @@ if _C is not None:
     @torch.library.register_fake("fastnas::gumbel_softmax_backward")
     def _gumbel_softmax_backward_fake(grad, soft, tau):
         return torch.empty_like(soft, memory_format=torch.contiguous_format)
-
-    def _gumbel_setup(ctx, inputs, output):
-        logits, tau, _hard, noise, _generator = inputs
-        ctx.tau = tau
-        ctx.noise_grad = noise is not None and noise.requires_grad
-        ctx.save_for_backward(output[2])
-
-    def _gumbel_backward(ctx, grad_weights, _grad_index, grad_soft):
-        (soft,) = ctx.saved_tensors
-        # weights (hard or soft) and soft share soft's Jacobian: straight-through.
-        if grad_weights is None:
-            grad = grad_soft
-        elif grad_soft is None:
-            grad = grad_weights
-        else:
-            grad = grad_weights + grad_soft
-        if grad is None:
-            return None, None, None, None, None
-        grad_logits = torch.ops.fastnas.gumbel_softmax_backward(grad, soft, ctx.tau)
-        # The noise enters as logits + noise: same gradient.
-        return grad_logits, None, None, (grad_logits if ctx.noise_grad else None), None
-
-    torch.library.register_autograd(
-        "fastnas::gumbel_softmax", _gumbel_backward, setup_context=_gumbel_setup
-    )

@@ -1,5 +1,6 @@
 // CPU kernels of fastnas::weighted_sum: fused forward and one-pass backward.
 #include "fastnas.h"
+#include "cpu/tile.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -8,13 +9,14 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 namespace fastnas {
 namespace {
 
 // Elements per tile: the accumulator tile stays in L1 while the K inputs stream through it.
-constexpr int64_t kTile = 512;
+constexpr int64_t kTile = 4096;
 // Elements per backward chunk. Fixed (not per-thread), so the weight-gradient sums are identical
 // whatever the thread count.
 constexpr int64_t kChunk = 16384;
@@ -26,26 +28,42 @@ std::vector<opmath_t> weights_as(const at::Tensor& weights) {
   return std::vector<opmath_t>(p, p + w.numel());
 }
 
+// Pointer to the opmath values of src[0:len]: src itself when scalar_t is the opmath type, else the
+// values converted into buf.
+template <typename scalar_t, typename opmath_t>
+inline const opmath_t* load_tile(const scalar_t* src, opmath_t* buf, int64_t len) {
+  if constexpr (std::is_same<scalar_t, opmath_t>::value) {
+    return src;
+  } else {
+    for (int64_t i = 0; i < len; ++i) buf[i] = static_cast<opmath_t>(src[i]);
+    return buf;
+  }
+}
+
+template <typename scalar_t, typename opmath_t>
+inline void store_tile(scalar_t* dst, const opmath_t* src, int64_t len) {
+  if constexpr (!std::is_same<scalar_t, opmath_t>::value) {
+    for (int64_t i = 0; i < len; ++i) dst[i] = static_cast<scalar_t>(src[i]);
+  }
+}
+
 template <typename scalar_t>
 void forward_kernel(const std::vector<const scalar_t*>& xs, const at::Tensor& weights,
                     scalar_t* out, int64_t n) {
   using opmath_t = at::opmath_type<scalar_t>;
+  constexpr bool same = std::is_same<scalar_t, opmath_t>::value;
   const std::vector<opmath_t> w = weights_as<opmath_t>(weights);
   const int64_t K = static_cast<int64_t>(xs.size());
   at::parallel_for(0, n, 4 * kTile, [&](int64_t begin, int64_t end) {
-    opmath_t acc[kTile];
+    opmath_t acc_buf[same ? 1 : kTile], x_buf[same ? 1 : kTile];
     for (int64_t t0 = begin; t0 < end; t0 += kTile) {
       const int64_t len = std::min(kTile, end - t0);
-      const scalar_t* x0 = xs[0] + t0;
-      const opmath_t w0 = w[0];
-      for (int64_t i = 0; i < len; ++i) acc[i] = w0 * static_cast<opmath_t>(x0[i]);
-      for (int64_t k = 1; k < K; ++k) {
-        const scalar_t* xk = xs[k] + t0;
-        const opmath_t wk = w[k];
-        for (int64_t i = 0; i < len; ++i) acc[i] += wk * static_cast<opmath_t>(xk[i]);
-      }
-      scalar_t* o = out + t0;
-      for (int64_t i = 0; i < len; ++i) o[i] = static_cast<scalar_t>(acc[i]);
+      // For fp32/fp64 the output tile itself is the accumulator (it stays in L1).
+      opmath_t* acc = same ? reinterpret_cast<opmath_t*>(out + t0) : acc_buf;
+      cpu::tile_scale(acc, load_tile(xs[0] + t0, x_buf, len), w[0], len);
+      for (int64_t k = 1; k < K; ++k)
+        cpu::tile_axpy(acc, load_tile(xs[k] + t0, x_buf, len), w[k], len);
+      store_tile(out + t0, acc, len);
     }
   });
 }
@@ -55,30 +73,31 @@ void backward_kernel(const scalar_t* grad, const std::vector<const scalar_t*>& x
                      const at::Tensor& weights, const std::vector<scalar_t*>& gxs,
                      double* grad_w, int64_t n, bool need_x, bool need_w) {
   using opmath_t = at::opmath_type<scalar_t>;
+  constexpr bool same = std::is_same<scalar_t, opmath_t>::value;
   const std::vector<opmath_t> w = weights_as<opmath_t>(weights);
   const int64_t K = static_cast<int64_t>(xs.size());
   const int64_t nchunks = (n + kChunk - 1) / kChunk;
   // partial[c * K + k]: chunk c's share of sum(grad * x_k), summed in a fixed order afterwards.
   std::vector<double> partial(need_w ? nchunks * K : 0, 0.0);
   at::parallel_for(0, nchunks, 1, [&](int64_t cbegin, int64_t cend) {
-    opmath_t g[kTile];
+    opmath_t g_buf[same ? 1 : kTile], x_buf[same ? 1 : kTile], o_buf[same ? 1 : kTile];
     for (int64_t c = cbegin; c < cend; ++c) {
       const int64_t e0 = c * kChunk, e1 = std::min(n, e0 + kChunk);
       for (int64_t t0 = e0; t0 < e1; t0 += kTile) {
         const int64_t len = std::min(kTile, e1 - t0);
-        for (int64_t i = 0; i < len; ++i) g[i] = static_cast<opmath_t>(grad[t0 + i]);
+        const opmath_t* g = load_tile(grad + t0, g_buf, len);
         for (int64_t k = 0; k < K; ++k) {
-          if (need_x) {
-            scalar_t* gx = gxs[k] + t0;
-            const opmath_t wk = w[k];
-            for (int64_t i = 0; i < len; ++i) gx[i] = static_cast<scalar_t>(wk * g[i]);
+          opmath_t* o = need_x ? (same ? reinterpret_cast<opmath_t*>(gxs[k] + t0) : o_buf) : nullptr;
+          if (need_x && need_w) {
+            partial[c * K + k] += static_cast<double>(
+                cpu::tile_scale_dot(o, g, load_tile(xs[k] + t0, x_buf, len), w[k], len));
+          } else if (need_x) {
+            cpu::tile_scale(o, g, w[k], len);
+          } else {
+            partial[c * K + k] +=
+                static_cast<double>(cpu::tile_dot(g, load_tile(xs[k] + t0, x_buf, len), len));
           }
-          if (need_w) {
-            const scalar_t* xk = xs[k] + t0;
-            opmath_t dot = 0;
-            for (int64_t i = 0; i < len; ++i) dot += g[i] * static_cast<opmath_t>(xk[i]);
-            partial[c * K + k] += static_cast<double>(dot);
-          }
+          if (need_x) store_tile(gxs[k] + t0, o, len);
         }
       }
     }
