@@ -2,7 +2,8 @@
 
     python benchmarks/compare_ops.py [--device cpu|cuda] [--out DIR] [--quick]
 
-CPU: torch.utils.benchmark medians of one forward+backward. CUDA: CUDA-event medians (warm-up
+CPU: torch.utils.benchmark medians of one forward+backward, the implementations interleaved over
+several rounds (the median round is reported). CUDA: CUDA-event medians (warm-up
 excluded) of forward and backward separately, and the achieved bandwidth of the fused op against the
 ideal bytes ((K+1)*S*e forward, (2K+1)*S*e backward) and the device's measured copy bandwidth.
 Writes ops_<device>.json and ops_<device>.md to --out, prints the table last.
@@ -64,9 +65,20 @@ def copy_bandwidth(device) -> float:
     return 2 * src.numel() * 4 / t
 
 
+def interleaved(fns: dict, timer, rounds: int) -> dict:
+    """Median over `rounds` of each impl's time, the impls alternating within every round, so a
+    slow spell of the machine hits all of them alike."""
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(timer(fn))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def run(device: str, quick: bool) -> dict:
     cuda = device == "cuda"
-    timer = cuda_median if cuda else (lambda fn: cpu_median(fn, 0.3 if quick else 1.0))
+    timer = cuda_median if cuda else (lambda fn: cpu_median(fn, 0.2 if quick else 0.4))
+    rounds = 1 if cuda else (3 if quick else 5)
     sizes = WS_SIZES_GPU if cuda else WS_SIZES
     rows = []
     peak = copy_bandwidth(device) if cuda else None
@@ -74,8 +86,9 @@ def run(device: str, quick: bool) -> dict:
         for K in WS_KS:
             w, xs, grad = make_ws(*size, K, device)
             row = {"op": "weighted_sum", "N": size[0], "C": size[1], "HW": size[2], "K": K}
-            for name, impl in WS_IMPLS.items():
-                row[f"{name}_s"] = timer(lambda impl=impl: ws_step(impl, w, xs, grad))
+            fns = {name: (lambda impl=impl: ws_step(impl, w, xs, grad)) for name, impl in WS_IMPLS.items()}
+            for name, t in interleaved(fns, timer, rounds).items():
+                row[f"{name}_s"] = t
             row["vs_loop"] = row["loop_s"] / row["fused_s"]
             row["vs_stack_einsum"] = row["stack_einsum_s"] / row["fused_s"]
             if cuda:
@@ -100,8 +113,11 @@ def run(device: str, quick: bool) -> dict:
         logits = torch.randn(shape, device=device, requires_grad=True)
         grad = torch.randn(shape, device=device)
         row = {"op": "gumbel_softmax", "E": shape[0], "K": shape[1]}
-        for name, impl in GUMBEL_IMPLS.items():
-            row[f"{name}_s"] = timer(lambda impl=impl: gumbel_step(impl, logits, grad))
+        fns = {
+            name: (lambda impl=impl: gumbel_step(impl, logits, grad)) for name, impl in GUMBEL_IMPLS.items()
+        }
+        for name, t in interleaved(fns, timer, rounds).items():
+            row[f"{name}_s"] = t
         row["vs_torch"] = row["torch_s"] / row["fused_s"]
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from conftest import requires_cuda
 from torch.testing import assert_close
 
 from fastnas import ops, reference
@@ -54,7 +55,7 @@ def test_weighted_sum_matches_reference(device, dtype, K):
         # The weight gradient is a sum over all elements: tolerance grows with its magnitude.
         n = max(1, math.prod(shape))
         _close(gw, rgw, dtype, scale=math.sqrt(n))
-        for a, b in zip(gxs, rgxs):
+        for a, b in zip(gxs, rgxs, strict=True):
             _close(a, b, dtype)
 
 
@@ -67,7 +68,7 @@ def test_weighted_sum_fp32_weights_with_low_precision_inputs(device, dtype):
     assert out.dtype == dtype and gw.dtype == torch.float32
     _close(out, ref, dtype)
     _close(gw, rgw, dtype, scale=24)
-    for a, b in zip(gxs, rgxs):
+    for a, b in zip(gxs, rgxs, strict=True):
         _close(a, b, dtype)
 
 
@@ -90,7 +91,7 @@ def test_weighted_sum_layouts(device, layout):
     ref, rgw, rgxs = _fwd_bwd(reference.weighted_sum, w, xs, grad)
     _close(out, ref, torch.float32)
     _close(gw, rgw, torch.float32, scale=20)
-    for a, b in zip(gxs, rgxs):
+    for a, b in zip(gxs, rgxs, strict=True):
         _close(a, b, torch.float32)
     if layout == "channels_last":
         assert out.is_contiguous(memory_format=torch.channels_last)
@@ -341,3 +342,57 @@ def test_reference_backend_and_fallback_warning(monkeypatch):
         ops.set_backend("auto")
     with pytest.raises(ValueError, match="backend"):
         ops.set_backend("fast")
+
+
+def test_weighted_sum_many_inputs(device):
+    # More inputs than one CUDA launch carries (16): processed in groups there.
+    w, xs = _make(20, (3, 4, 5), torch.float32, device)
+    grad = torch.randn(3, 4, 5, device=device)
+    out, gw, gxs = _fwd_bwd(ops.weighted_sum, w, xs, grad)
+    ref, rgw, rgxs = _fwd_bwd(reference.weighted_sum, w, xs, grad)
+    _close(out, ref, torch.float32)
+    _close(gw, rgw, torch.float32, scale=10)
+    for a, b in zip(gxs, rgxs, strict=True):
+        _close(a, b, torch.float32)
+
+
+@requires_cuda
+@pytest.mark.cuda
+def test_gumbel_cuda_no_sync_and_graph_capture():
+    logits = torch.randn(14, 8, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:  # any host synchronization inside the op raises here
+        w, idx = ops.gumbel_softmax(logits, 1.0, True)
+        xs = [torch.randn(4, 16, 8, 8, device="cuda") for _ in range(8)]
+        ops.weighted_sum(w[0], xs)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    static = torch.randn(14, 8, device="cuda")
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        ops.gumbel_softmax(static, 1.0, True)  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        gw, gidx = ops.gumbel_softmax(static, 1.0, True)
+    samples = []
+    for _ in range(4):
+        graph.replay()
+        samples.append(gidx.clone())
+    torch.cuda.synchronize()
+    assert torch.equal(gw, torch.nn.functional.one_hot(gidx, 8).float())
+    # Each replay draws fresh noise (the generator's offset advances per replay).
+    assert any(not torch.equal(samples[0], s) for s in samples[1:])
+
+
+@requires_cuda
+@pytest.mark.cuda
+def test_cuda_matches_cpu_kernel_given_noise():
+    logits = torch.randn(28, 8, dtype=torch.float64)
+    noise = reference.sample_gumbel((28, 8), dtype=torch.float64, device="cpu")
+    w_cpu, i_cpu = ops.gumbel_softmax(logits, 0.5, False, noise=noise)
+    w_gpu, i_gpu = ops.gumbel_softmax(logits.cuda(), 0.5, False, noise=noise.cuda())
+    assert torch.equal(i_cpu, i_gpu.cpu())
+    assert_close(w_cpu, w_gpu.cpu(), rtol=1e-12, atol=1e-12)
