@@ -22,7 +22,7 @@ def _is_toolkit(path: Path) -> bool:
     return (path / "bin" / "nvcc").exists() and (path / "include" / "cuda_runtime.h").exists()
 
 
-def resolve_cuda_home() -> str | None:
+def resolve_cuda_home(default_locations: bool = True) -> str | None:
     """Find the real CUDA toolkit folder.
 
     The `nvcc` on PATH can be a wrapper script outside the toolkit (e.g. /usr/local/bin/nvcc that
@@ -43,8 +43,9 @@ def resolve_cuda_home() -> str | None:
             text = ""
         # A wrapper script names the real compiler: take every absolute .../bin/nvcc it mentions.
         candidates += [Path(m) for m in re.findall(r"(/[^\s\"'$]+)/bin/nvcc\b", text)]
-    candidates.append(Path("/usr/local/cuda"))
-    candidates += sorted(Path("/usr/local").glob("cuda-*"), reverse=True)
+    if default_locations:
+        candidates.append(Path("/usr/local/cuda"))
+        candidates += sorted(Path("/usr/local").glob("cuda-*"), reverse=True)
     for cand in candidates:
         if _is_toolkit(cand):
             return str(cand)
@@ -108,5 +109,6 @@ def build_extensions():
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}
 
 
-ext_modules, cmdclass = build_extensions()
-setup(ext_modules=ext_modules, cmdclass=cmdclass)
+if __name__ == "__main__":  # pip/setuptools run this file as __main__; tests import the helpers
+    ext_modules, cmdclass = build_extensions()
+    setup(ext_modules=ext_modules, cmdclass=cmdclass)
