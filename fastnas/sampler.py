@@ -1,0 +1,146 @@
+"""Differentiable samplers (S1): architecture parameters -> per-edge weights for one forward pass.
+
+=============  ===========================================================================  =========
+name           weights per edge                                                              ops run
+=============  ===========================================================================  =========
+gumbel-hard    one-hot sample of softmax(alpha); straight-through soft gradient (GDAS)      sampled
+gumbel-soft    softmax((alpha + g) / tau), g ~ Gumbel(0, 1) (SNAS)                          all
+softmax        softmax(alpha / tau), deterministic (DARTS; tau = 1)                          all
+dirichlet      w ~ Dirichlet(elu(alpha) + 1), reparameterized (DrNAS)                        all
+=============  ===========================================================================  =========
+
+Temperatures follow :class:`TemperatureSchedule` (linear 10 -> 0.1 by default, as GDAS) and can also
+be set per step with :meth:`Sampler.set_temperature`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fastnas import ops
+
+SAMPLERS = ("gumbel-hard", "gumbel-soft", "softmax", "dirichlet")
+
+
+@dataclass
+class Sample:
+    """Per-edge weights (E, K) of one cell type; `index` (E,) the sampled op per edge when hard."""
+
+    weights: Tensor
+    index: Tensor | None = None
+    hard: bool = False
+    # Host copy of index (one device->host transfer per step, made by the supernet).
+    index_list: list[int] | None = None
+
+
+class Sampler:
+    """Base class: ``sampler(alpha)`` -> :class:`Sample`."""
+
+    name = "base"
+    hard = False
+
+    def __init__(self, tau: float = 1.0, generator: torch.Generator | None = None):
+        self.generator = generator
+        self.set_temperature(tau)
+
+    def set_temperature(self, tau: float) -> None:
+        if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
+            raise ValueError(f"sampler temperature must be a finite number > 0, got {tau!r}")
+        self.tau = float(tau)
+
+    def __call__(self, alpha: Tensor) -> Sample:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def probabilities(self, alpha: Tensor) -> Tensor:
+        """The distribution's per-edge op probabilities (for logging and derivation)."""
+        return F.softmax(alpha.detach().float(), dim=-1)
+
+    def state_dict(self) -> dict:
+        return {"name": self.name, "tau": self.tau}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.set_temperature(state["tau"])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(tau={self.tau:g})"
+
+
+class GumbelHardSampler(Sampler):
+    name = "gumbel-hard"
+    hard = True
+
+    def __call__(self, alpha: Tensor) -> Sample:
+        w, index = ops.gumbel_softmax(alpha, self.tau, True, generator=self.generator)
+        return Sample(w, index, hard=True)
+
+
+class GumbelSoftSampler(Sampler):
+    name = "gumbel-soft"
+
+    def __call__(self, alpha: Tensor) -> Sample:
+        w, index = ops.gumbel_softmax(alpha, self.tau, False, generator=self.generator)
+        return Sample(w, index)
+
+
+class SoftmaxSampler(Sampler):
+    name = "softmax"
+
+    def __call__(self, alpha: Tensor) -> Sample:
+        return Sample(F.softmax(alpha / self.tau, dim=-1))
+
+    def probabilities(self, alpha: Tensor) -> Tensor:
+        return F.softmax(alpha.detach().float() / self.tau, dim=-1)
+
+
+class DirichletSampler(Sampler):
+    name = "dirichlet"
+
+    def __call__(self, alpha: Tensor) -> Sample:
+        concentration = F.elu(alpha) + 1
+        return Sample(torch.distributions.Dirichlet(concentration).rsample())
+
+    def probabilities(self, alpha: Tensor) -> Tensor:
+        # Mean of the Dirichlet: what DrNAS derives the genotype from.
+        c = F.elu(alpha.detach().float()) + 1
+        return c / c.sum(-1, keepdim=True)
+
+
+_CLASSES = {cls.name: cls for cls in (GumbelHardSampler, GumbelSoftSampler, SoftmaxSampler, DirichletSampler)}
+
+
+def make_sampler(name: str = "gumbel-hard", tau: float = 1.0, generator: torch.Generator | None = None) -> Sampler:
+    """Build a sampler by name: 'gumbel-hard' (default), 'gumbel-soft', 'softmax', 'dirichlet'."""
+    try:
+        cls = _CLASSES[name]
+    except KeyError:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}") from None
+    return cls(tau=tau, generator=generator)
+
+
+@dataclass
+class TemperatureSchedule:
+    """Temperature per epoch within a stage: linear or exponential from `start` to `end`."""
+
+    start: float = 10.0
+    end: float = 0.1
+    kind: str = "linear"
+
+    def __post_init__(self):
+        if self.kind not in ("linear", "exponential", "constant"):
+            raise ValueError(f"temperature schedule kind must be linear, exponential or constant, got {self.kind!r}")
+        if not (self.start > 0 and self.end > 0):
+            raise ValueError("temperatures must be > 0")
+
+    def __call__(self, epoch: int, epochs: int) -> float:
+        """Temperature at `epoch` (0-based) of `epochs`: start at the first, end at the last."""
+        if self.kind == "constant" or epochs <= 1:
+            return self.start
+        t = min(max(epoch / (epochs - 1), 0.0), 1.0)
+        if self.kind == "linear":
+            return self.start + (self.end - self.start) * t
+        return self.start * (self.end / self.start) ** t

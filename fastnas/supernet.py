@@ -1,0 +1,321 @@
+"""The search supernet (S1): DARTS search cells over per-edge candidate sets, architecture
+parameters, skip-connection dropout, and genotype derivation and pruning.
+
+With 8 primitives, C=16 and 8 layers it is the DARTS search network weight for weight. Differences
+that matter for the search: every edge has its own candidate list (a stage prunes edges
+independently), the per-edge weights come from a :mod:`fastnas.sampler` sample, and under
+``gumbel-hard`` only the sampled op of each edge runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fastnas import ops
+from fastnas.genotype import Genotype
+from fastnas.primitives import PRIMITIVES, FactorizedReduce, ReLUConvBN, build_op, is_primitive
+from fastnas.sampler import Sample, Sampler
+
+CELL_TYPES = ("normal", "reduce")
+
+
+def num_edges(steps: int = 4) -> int:
+    """Edges of a cell with `steps` intermediate nodes (DARTS: 14)."""
+    return sum(2 + i for i in range(steps))
+
+
+def _combine(weights: Tensor, outs: list[Tensor]) -> Tensor:
+    # Under autocast the candidates can disagree in dtype (identity vs conv output): one dtype for all.
+    dtypes = {o.dtype for o in outs}
+    if len(dtypes) > 1:
+        device_type = outs[0].device.type
+        if torch.is_autocast_enabled(device_type):
+            target = torch.get_autocast_dtype(device_type)
+        else:
+            target = outs[0].dtype
+            for o in outs[1:]:
+                target = torch.promote_types(target, o.dtype)
+        outs = [o.to(target) for o in outs]
+    dtype = outs[0].dtype
+    if weights.dtype != dtype and not (weights.dtype == torch.float32 and dtype in (torch.float16, torch.bfloat16)):
+        weights = weights.to(dtype)
+    return ops.weighted_sum(weights, outs)
+
+
+class MixedOp(nn.Module):
+    """One edge: its candidate ops, combined by the sample's weights.
+
+    Soft samples: ``sum_k w_k * op_k(x)`` through the fused :func:`fastnas.ops.weighted_sum`.
+    Hard samples (GDAS): only op ``i`` runs and the output is ``w_i * op_i(x) + sum_{k != i} w_k``;
+    the one-hot w makes that op_i(x) in value, while the straight-through gradient reaches every
+    candidate's architecture parameter.
+    """
+
+    def __init__(self, C: int, stride: int, primitives: Sequence[str]):
+        super().__init__()
+        self.primitives = list(primitives)
+        self.stride = stride
+        self.skip_dropout = 0.0
+        self.candidates = nn.ModuleList()
+        for name in self.primitives:
+            op = build_op(name, C, stride, affine=False)
+            if "pool" in name:  # DARTS search space: pooling is followed by a non-affine BN
+                op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
+            self.candidates.append(op)
+        # P-DARTS: dropout on the (stride-1) identity, its rate raised stage by stage.
+        self._skip = [k for k, n in enumerate(self.primitives) if n == "skip_connect" and stride == 1]
+
+    def run(self, k: int, x: Tensor) -> Tensor:
+        y = self.candidates[k](x)
+        if self.skip_dropout > 0 and k in self._skip:
+            y = F.dropout(y, self.skip_dropout, self.training)
+        return y
+
+    def forward(self, x: Tensor, weights: Tensor, index: int | None = None) -> Tensor:
+        if index is not None:
+            chosen = weights[index]
+            return self.run(index, x) * chosen + (weights.sum() - chosen)
+        return _combine(weights, [self.run(k, x) for k in range(len(self.candidates))])
+
+
+class SearchCell(nn.Module):
+    """DARTS search cell: 2 preprocessed inputs, `steps` nodes each summing all earlier states."""
+
+    def __init__(self, steps, multiplier, C_prev_prev, C_prev, C, reduction, reduction_prev, edge_primitives):
+        super().__init__()
+        self.reduction = reduction
+        self.steps = steps
+        self.multiplier = multiplier
+        if reduction_prev:
+            self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine=False)
+        else:
+            self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False)
+        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
+        self.edges = nn.ModuleList()
+        e = 0
+        for i in range(steps):
+            for j in range(2 + i):
+                stride = 2 if reduction and j < 2 else 1
+                self.edges.append(MixedOp(C, stride, edge_primitives[e]))
+                e += 1
+
+    def forward(self, s0: Tensor, s1: Tensor, sample: Sample) -> Tensor:
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        offset = 0
+        hard = sample.index_list if sample.hard else None
+        for _ in range(self.steps):
+            s = None
+            for j, h in enumerate(states):
+                e = offset + j
+                y = self.edges[e](h, sample.weights[e], None if hard is None else hard[e])
+                s = y if s is None else s + y
+            offset += len(states)
+            states.append(s)
+        return torch.cat(states[-self.multiplier :], dim=1)
+
+
+class SuperNet(nn.Module):
+    """The search network.
+
+    Args:
+        channels: initial channels C (the stem has ``stem_multiplier * C``).
+        layers: cells; reduction cells at layers//3 and 2*layers//3.
+        primitives: candidate ops of every edge (default: the 8 DARTS ones), unless
+            ``edge_primitives`` gives each edge its own list: ``{"normal": [[...] x 14], "reduce": ...}``
+            with the same number of candidates on every edge of a cell type.
+        skip_dropout: dropout rate on skip connections (P-DARTS), see :meth:`set_skip_dropout`.
+
+    ``arch_parameters()`` are ``alpha_normal`` and ``alpha_reduce`` (one row per edge, one column per
+    candidate, init 1e-3 * N(0, 1)); ``weight_parameters()`` is everything else, so the architecture
+    never ends up in the weight optimizer.
+    """
+
+    def __init__(
+        self,
+        channels: int = 16,
+        layers: int = 8,
+        num_classes: int = 10,
+        primitives: Sequence[str] = PRIMITIVES,
+        *,
+        steps: int = 4,
+        multiplier: int = 4,
+        stem_multiplier: int = 3,
+        edge_primitives: dict[str, list[list[str]]] | None = None,
+        skip_dropout: float = 0.0,
+        in_channels: int = 3,
+    ):
+        super().__init__()
+        if channels < 1 or layers < 1 or num_classes < 1 or steps < 1:
+            raise ValueError(
+                f"SuperNet: channels, layers, num_classes and steps must be >= 1, got "
+                f"{channels}, {layers}, {num_classes}, {steps}"
+            )
+        if not 1 <= multiplier <= steps:
+            raise ValueError(f"SuperNet: multiplier must be in 1..steps={steps}, got {multiplier}")
+        E = num_edges(steps)
+        if edge_primitives is None:
+            edge_primitives = {cell: [list(primitives)] * E for cell in CELL_TYPES}
+        self.edge_primitives = _check_edge_primitives(edge_primitives, E)
+        self.channels, self.layers, self.num_classes = channels, layers, num_classes
+        self.steps, self.multiplier, self.stem_multiplier = steps, multiplier, stem_multiplier
+
+        C_curr = stem_multiplier * channels
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr)
+        )
+        C_prev_prev, C_prev, C_curr = C_curr, C_curr, channels
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        for i in range(layers):
+            reduction = i in (layers // 3, 2 * layers // 3)
+            if reduction:
+                C_curr *= 2
+            cell_type = "reduce" if reduction else "normal"
+            cell = SearchCell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction, reduction_prev,
+                              self.edge_primitives[cell_type])
+            self.cells.append(cell)
+            reduction_prev = reduction
+            C_prev_prev, C_prev = C_prev, multiplier * C_curr
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+        self.alpha_normal = nn.Parameter(1e-3 * torch.randn(E, len(self.edge_primitives["normal"][0])))
+        self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(E, len(self.edge_primitives["reduce"][0])))
+        self.set_skip_dropout(skip_dropout)
+
+    # ----------------------------------------------------------------- parameters
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [self.alpha_normal, self.alpha_reduce]
+
+    def named_arch_parameters(self) -> dict[str, nn.Parameter]:
+        return {"normal": self.alpha_normal, "reduce": self.alpha_reduce}
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if n not in ("alpha_normal", "alpha_reduce")]
+
+    def set_skip_dropout(self, p: float) -> None:
+        """Dropout rate on every stride-1 skip connection (0 disables it)."""
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"skip dropout must be in [0, 1), got {p}")
+        self.skip_dropout = float(p)
+        for m in self.modules():
+            if isinstance(m, MixedOp):
+                m.skip_dropout = float(p)
+
+    # ----------------------------------------------------------------- forward
+    def sample(self, sampler: Sampler) -> dict[str, Sample]:
+        """Draw per-edge weights for both cell types (one host transfer for hard samples)."""
+        samples = {cell: sampler(alpha) for cell, alpha in self.named_arch_parameters().items()}
+        if sampler.hard:
+            both = torch.cat([samples["normal"].index, samples["reduce"].index]).tolist()
+            E = self.alpha_normal.shape[0]
+            samples["normal"].index_list, samples["reduce"].index_list = both[:E], both[E:]
+        return samples
+
+    def forward(self, x: Tensor, samples: dict[str, Sample] | None = None) -> Tensor:
+        """Logits for `x` under `samples` (default: softmax of the architecture parameters)."""
+        if samples is None:
+            samples = {cell: Sample(F.softmax(a, dim=-1)) for cell, a in self.named_arch_parameters().items()}
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1, samples["reduce" if cell.reduction else "normal"])
+        out = self.global_pooling(s1)
+        return self.classifier(out.flatten(1))
+
+    # ----------------------------------------------------------------- derivation
+    def probabilities(self, sampler: Sampler | None = None) -> dict[str, Tensor]:
+        """Per-edge op probabilities (softmax of alpha, or the sampler's notion of them)."""
+        fn = sampler.probabilities if sampler is not None else (lambda a: F.softmax(a.detach().float(), -1))
+        return {cell: fn(a).cpu() for cell, a in self.named_arch_parameters().items()}
+
+    def genotype(self, max_skip_normal: int | None = 2, sampler: Sampler | None = None) -> Genotype:
+        return derive_genotype(self, max_skip_normal=max_skip_normal, sampler=sampler)
+
+
+def _check_edge_primitives(edge_primitives, E: int) -> dict[str, list[list[str]]]:
+    out = {}
+    for cell in CELL_TYPES:
+        if cell not in edge_primitives:
+            raise ValueError(f"edge_primitives: missing cell type {cell!r}")
+        lists = [list(p) for p in edge_primitives[cell]]
+        if len(lists) != E:
+            raise ValueError(f"edge_primitives[{cell!r}]: {E} edges expected, got {len(lists)}")
+        sizes = {len(p) for p in lists}
+        if len(sizes) != 1 or 0 in sizes:
+            raise ValueError(f"edge_primitives[{cell!r}]: every edge needs the same, non-zero number of ops")
+        for e, names in enumerate(lists):
+            for name in names:
+                if not is_primitive(name):
+                    raise ValueError(f"edge_primitives[{cell!r}][{e}]: unknown primitive {name!r}")
+            if len(set(names)) != len(names):
+                raise ValueError(f"edge_primitives[{cell!r}][{e}]: duplicate ops {names}")
+        out[cell] = lists
+    return out
+
+
+def _derive_cell(probs: list[list[float]], names: list[list[str]], steps: int, max_skip: int | None):
+    """DARTS derivation of one cell, then the P-DARTS skip cap: while more than `max_skip` chosen
+    edges are skip connections, rule out the weakest chosen skip and derive again."""
+    probs = [list(row) for row in probs]
+    while True:
+        gene = []
+        start = 0
+        for i in range(steps):
+            cands = []
+            for j in range(2 + i):
+                e = start + j
+                scored = [(p, k) for k, p in enumerate(probs[e]) if names[e][k] != "none" and p != -math.inf]
+                if scored:
+                    p, k = max(scored)
+                    cands.append((p, -j, j, e, k))
+            if len(cands) < 2:
+                raise ValueError(f"node {i + 2}: fewer than 2 incoming edges with a non-zero op left")
+            for _p, _, j, e, k in sorted(cands, reverse=True)[:2]:
+                gene.append((names[e][k], j, e, k))
+            start += 2 + i
+        skips = [(probs[e][k], e, k) for name, _, e, k in gene if name == "skip_connect"]
+        if max_skip is None or len(skips) <= max_skip:
+            return [(name, j) for name, j, _, _ in gene]
+        _, e, k = min(skips)
+        probs[e][k] = -math.inf
+
+
+def derive_genotype(supernet: SuperNet, max_skip_normal: int | None = 2, sampler: Sampler | None = None,
+                    probabilities: dict[str, Tensor] | None = None) -> Genotype:
+    """Per edge the strongest non-zero op; per node the 2 strongest incoming edges; at most
+    `max_skip_normal` skip connections in the normal cell (None: no cap)."""
+    probs = probabilities if probabilities is not None else supernet.probabilities(sampler)
+    steps, mult = supernet.steps, supernet.multiplier
+    cells = {}
+    for cell in CELL_TYPES:
+        cap = max_skip_normal if cell == "normal" else None
+        cells[cell] = _derive_cell(probs[cell].tolist(), supernet.edge_primitives[cell], steps, cap)
+    concat = tuple(range(2 + steps - mult, steps + 2))
+    return Genotype(cells["normal"], concat, cells["reduce"], concat)
+
+
+def prune_primitives(supernet: SuperNet, keep: int, drop_zero_first: bool = False,
+                     sampler: Sampler | None = None,
+                     probabilities: dict[str, Tensor] | None = None) -> dict[str, list[list[str]]]:
+    """Per edge, the `keep` most probable candidates (in their original order), for the next stage's
+    ``edge_primitives``. With `drop_zero_first`, 'none' goes before anything else (P-DARTS' last
+    stage)."""
+    probs = probabilities if probabilities is not None else supernet.probabilities(sampler)
+    out = {}
+    for cell in CELL_TYPES:
+        rows = []
+        for names, p in zip(supernet.edge_primitives[cell], probs[cell].tolist(), strict=True):
+            if keep < 1 or keep > len(names):
+                raise ValueError(f"prune: keep={keep} must be in 1..{len(names)} (candidates per edge)")
+            order = sorted(range(len(names)), key=lambda k: -p[k])
+            if drop_zero_first and "none" in names:
+                order = [k for k in order if names[k] != "none"] + [names.index("none")]
+            kept = sorted(order[:keep])
+            rows.append([names[k] for k in kept])
+        out[cell] = rows
+    return out
+

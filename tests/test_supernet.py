@@ -1,0 +1,233 @@
+"""The search supernet: sizes, samplers, GDAS hard sampling, equivalence to the plain DARTS sum,
+derivation and pruning."""
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from fastnas import ops
+from fastnas.primitives import PRIMITIVES
+from fastnas.sampler import SAMPLERS, TemperatureSchedule, make_sampler
+from fastnas.supernet import MixedOp, SuperNet, derive_genotype, num_edges, prune_primitives
+
+
+def darts_search_weight_count(C=16, layers=8, num_classes=10, steps=4, multiplier=4, stem=3):
+    """Closed form of the DARTS search network's weights (model_search.py), op by op.
+
+    Per mixed edge (non-affine BN, no parameters): sep_conv_kxk = 2 * (k*k*C + C*C), dil_conv_kxk =
+    k*k*C + C*C, pools/none/identity 0, skip at stride 2 = FactorizedReduce = C*C.
+    """
+    def edge(C, stride):
+        n = 2 * (9 * C + C * C) + 2 * (25 * C + C * C) + (9 * C + C * C) + (25 * C + C * C)
+        return n + (C * C if stride == 2 else 0)
+
+    total = 3 * 3 * 3 * stem * C + 2 * stem * C  # stem conv + affine BN
+    C_pp, C_p, C_cur, red_prev = stem * C, stem * C, C, False
+    for i in range(layers):
+        red = i in (layers // 3, 2 * layers // 3)
+        if red:
+            C_cur *= 2
+        total += C_pp * C_cur + C_p * C_cur  # preprocess0 (ReLUConvBN or FactorizedReduce) + preprocess1
+        for n in range(steps):
+            for j in range(2 + n):
+                total += edge(C_cur, 2 if red and j < 2 else 1)
+        red_prev = red
+        C_pp, C_p = C_p, multiplier * C_cur
+    del red_prev
+    return total + C_p * num_classes + num_classes
+
+
+def test_darts_size_search_network_weight_count():
+    net = SuperNet(channels=16, layers=8, num_classes=10)
+    n = sum(p.numel() for p in net.weight_parameters())
+    assert n == darts_search_weight_count() == 1_930_618
+    assert [p.shape for p in net.arch_parameters()] == [(14, 8), (14, 8)]
+    ids = {id(p) for p in net.weight_parameters()}
+    assert all(id(a) not in ids for a in net.arch_parameters())
+    assert len(list(net.parameters())) == len(net.weight_parameters()) + 2
+
+
+def small_net(**kw):
+    torch.manual_seed(0)
+    kw.setdefault("channels", 4)
+    kw.setdefault("layers", 3)
+    return SuperNet(**kw)
+
+
+@pytest.mark.parametrize("sampler_name", SAMPLERS)
+def test_forward_backward_with_each_sampler(sampler_name):
+    net = small_net()
+    sampler = make_sampler(sampler_name, tau=1.0)
+    x = torch.randn(4, 3, 16, 16)
+    logits = net(x, net.sample(sampler))
+    assert logits.shape == (4, 10)
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
+    for a in net.arch_parameters():
+        assert a.grad is not None and torch.isfinite(a.grad).all() and a.grad.abs().sum() > 0
+    assert net.stem[0].weight.grad is not None
+
+
+def test_gumbel_hard_runs_one_op_per_edge_and_every_alpha_gets_gradient():
+    net = small_net()
+    calls = []
+    for m in net.modules():
+        if isinstance(m, MixedOp):
+            for op in m.candidates:
+                op.register_forward_hook(lambda mod, inp, out: calls.append(mod))
+    sampler = make_sampler("gumbel-hard", tau=1.0)
+    logits = net(torch.randn(4, 3, 16, 16), net.sample(sampler))
+    assert len(calls) == net.layers * num_edges(4)
+    logits.logsumexp(-1).sum().backward()
+    for a in net.arch_parameters():
+        assert (a.grad != 0).all(), a.grad
+
+
+def manual_forward(net, x, w_normal, w_reduce):
+    """The DARTS supernet written out independently: per edge sum(w_k * op_k(h)), per node the sum
+    of all incoming edges."""
+    s0 = s1 = net.stem(x)
+    for cell in net.cells:
+        w = w_reduce if cell.reduction else w_normal
+        states = [cell.preprocess0(s0), cell.preprocess1(s1)]
+        offset = 0
+        for _ in range(cell.steps):
+            node = 0
+            for j, h in enumerate(states):
+                edge = cell.edges[offset + j]
+                node = node + sum(w[offset + j][k] * cand(h) for k, cand in enumerate(edge.candidates))
+            offset += len(states)
+            states.append(node)
+        s0, s1 = s1, torch.cat(states[-cell.multiplier:], dim=1)
+    return net.classifier(net.global_pooling(s1).flatten(1))
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_softmax_supernet_equals_plain_weighted_sum(backend):
+    net = small_net().double()
+    with torch.no_grad():
+        for a in net.arch_parameters():
+            a.normal_()
+    x = torch.randn(3, 3, 16, 16, dtype=torch.float64)
+    sampler = make_sampler("softmax")
+    ops.set_backend(backend)
+    try:
+        out = net(x, net.sample(sampler))
+    finally:
+        ops.set_backend("auto")
+    expected = manual_forward(net, x, net.alpha_normal.softmax(-1), net.alpha_reduce.softmax(-1))
+    assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    # default forward (no sample) is the softmax one
+    assert_close(net(x), out)
+
+
+def test_fused_and_reference_backends_agree_with_gradients():
+    results = []
+    for backend in ("auto", "reference"):
+        net = small_net()
+        ops.set_backend(backend)
+        try:
+            torch.manual_seed(1)
+            net(torch.randn(4, 3, 16, 16), net.sample(make_sampler("gumbel-soft"))).sum().backward()
+        finally:
+            ops.set_backend("auto")
+        results.append([net.alpha_normal.grad, net.alpha_reduce.grad, net.stem[0].weight.grad])
+    for a, b in zip(*results, strict=True):
+        assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_skip_dropout_applies_to_identity_only():
+    edge = MixedOp(4, 1, ["skip_connect", "max_pool_3x3"])
+    x = torch.randn(8, 4, 6, 6) + 5
+    edge.skip_dropout = 0.5
+    w = torch.tensor([1.0, 0.0])
+    y = edge(x, w)
+    assert (y == 0).float().mean() > 0.3  # identity path dropped ~half
+    edge.eval()
+    assert_close(edge(x, w), x)
+    net = small_net()
+    net.set_skip_dropout(0.4)
+    assert all(m.skip_dropout == 0.4 for m in net.modules() if isinstance(m, MixedOp))
+    with pytest.raises(ValueError):
+        net.set_skip_dropout(1.0)
+
+
+def _probs(rows_normal, rows_reduce=None):
+    rows_reduce = rows_reduce if rows_reduce is not None else rows_normal
+    return {"normal": torch.as_tensor(rows_normal), "reduce": torch.as_tensor(rows_reduce)}
+
+
+def test_derivation_top2_edges_and_strongest_nonzero_op():
+    net = small_net()
+    E, K = 14, 8
+    rows = torch.full((E, K), 0.1)
+    # node 2 (edges 0, 1): edge 1 strongest via sep_conv_5x5; 'none' is never chosen
+    rows[0, PRIMITIVES.index("none")] = 0.9
+    rows[0, PRIMITIVES.index("dil_conv_3x3")] = 0.3
+    rows[1, PRIMITIVES.index("sep_conv_5x5")] = 0.8
+    # node 3 (edges 2, 3, 4): edges 4 and 2 win
+    rows[2, PRIMITIVES.index("avg_pool_3x3")] = 0.5
+    rows[4, PRIMITIVES.index("sep_conv_3x3")] = 0.7
+    g = derive_genotype(net, max_skip_normal=None, probabilities=_probs(rows))
+    assert g.normal[:2] == (("sep_conv_5x5", 1), ("dil_conv_3x3", 0))
+    assert g.normal[2:4] == (("sep_conv_3x3", 2), ("avg_pool_3x3", 0))
+    assert g.normal_concat == (2, 3, 4, 5)
+
+
+def test_derivation_skip_cap():
+    net = small_net()
+    rows = torch.full((14, 8), 0.05)
+    skip = PRIMITIVES.index("skip_connect")
+    sep = PRIMITIVES.index("sep_conv_3x3")
+    for e in range(14):  # every edge prefers skip, with distinct strengths
+        rows[e, skip] = 0.5 + 0.01 * e
+        rows[e, sep] = 0.2
+    uncapped = derive_genotype(net, max_skip_normal=None, probabilities=_probs(rows))
+    assert sum(op == "skip_connect" for op, _ in uncapped.normal) == 8
+    capped = derive_genotype(net, max_skip_normal=2, probabilities=_probs(rows))
+    assert sum(op == "skip_connect" for op, _ in capped.normal) == 2
+    # the two strongest skips (edges 13 and 12, node 5 from inputs 4 and 3) survive
+    assert capped.normal[6:] == (("skip_connect", 4), ("skip_connect", 3))
+    # the reduction cell is not capped
+    assert sum(op == "skip_connect" for op, _ in capped.reduce) == 8
+
+
+def test_prune_primitives_and_rebuild():
+    net = small_net()
+    rows = torch.arange(8, dtype=torch.float32).repeat(14, 1)  # later primitives more likely
+    rows[:, 0] = 100.0  # 'none' strongest everywhere
+    pruned = prune_primitives(net, keep=3, probabilities=_probs(rows))
+    assert pruned["normal"][0] == ["none", "dil_conv_3x3", "dil_conv_5x5"]
+    pruned = prune_primitives(net, keep=3, drop_zero_first=True, probabilities=_probs(rows))
+    assert pruned["normal"][0] == ["sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"]
+    stage = SuperNet(channels=4, layers=3, edge_primitives=pruned)
+    assert stage.alpha_normal.shape == (14, 3)
+    out = stage(torch.randn(2, 3, 16, 16), stage.sample(make_sampler("gumbel-hard")))
+    assert out.shape == (2, 10)
+    g = stage.genotype()
+    assert {op for op, _ in g.normal} <= {"sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"}
+    with pytest.raises(ValueError, match="keep"):
+        prune_primitives(stage, keep=5)
+
+
+def test_bad_supernet_arguments():
+    with pytest.raises(ValueError, match="14 edges expected"):
+        SuperNet(channels=4, layers=3, edge_primitives={"normal": [["skip_connect"]], "reduce": [["skip_connect"]]})
+    with pytest.raises(ValueError, match="unknown primitive 'conv_9x9'"):
+        SuperNet(channels=4, layers=3, primitives=["conv_9x9"])
+    with pytest.raises(ValueError, match="same, non-zero number"):
+        SuperNet(channels=4, layers=3, edge_primitives={
+            "normal": [["skip_connect"]] * 13 + [["skip_connect", "none"]], "reduce": [["none"]] * 14})
+    with pytest.raises(ValueError, match="unknown sampler"):
+        make_sampler("uniform")
+    with pytest.raises(ValueError, match="temperature"):
+        make_sampler("gumbel-hard", tau=0)
+
+
+def test_temperature_schedule():
+    lin = TemperatureSchedule(10.0, 0.1)
+    assert lin(0, 25) == 10.0 and abs(lin(24, 25) - 0.1) < 1e-12
+    assert abs(lin(12, 25) - 5.05) < 1e-12
+    exp = TemperatureSchedule(10.0, 0.1, "exponential")
+    assert abs(exp(12, 25) - 1.0) < 1e-9
+    with pytest.raises(ValueError):
+        TemperatureSchedule(kind="cosine")
