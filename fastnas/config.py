@@ -1,0 +1,151 @@
+"""Configuration as dataclasses, filled from presets, a YAML file and the command line (in that order
+of precedence, the command line last), validated with one-line errors, saved with every run."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run, with the offending option named."""
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (not the whole usage block) and exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def opt(default, help: str, **kw):
+    """A config field with its --help text."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+def _field_type(cls, f):
+    hints = typing.get_type_hints(cls)
+    return hints[f.name]
+
+
+def _scalar_type(tp):
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        return _scalar_type(typing.get_args(tp)[0])
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _scalar_type(args[0])
+    return tp
+
+
+def _is_list(tp) -> bool:
+    if typing.get_origin(tp) in (list, tuple):
+        return True
+    return any(typing.get_origin(a) in (list, tuple) for a in typing.get_args(tp))
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
+    """One --option per dataclass field (defaults suppressed, so only what the user typed is seen)."""
+    for f in fields(cls):
+        if f.metadata.get("cli") is False:
+            continue
+        tp = _field_type(cls, f)
+        name = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        help_text = f"{help_text} (default: {default})"
+        kwargs = {"default": argparse.SUPPRESS, "help": help_text, "dest": f.name}
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        base = _scalar_type(tp)
+        if base is bool:
+            parser.add_argument(name, action=argparse.BooleanOptionalAction, **kwargs)
+        elif _is_list(tp):
+            parser.add_argument(name, nargs="+", type=base, metavar=f.name.upper(), **kwargs)
+        else:
+            parser.add_argument(name, type=base, metavar=f.name.upper() if "choices" not in kwargs else None,
+                                **kwargs)
+
+
+def _coerce(cls, name: str, value):
+    f = {f.name: f for f in fields(cls)}.get(name)
+    if f is None:
+        known = ", ".join(sorted(x.name for x in fields(cls)))
+        raise ConfigError(f"unknown option {name!r} (known: {known})")
+    tp = _field_type(cls, f)
+    base = _scalar_type(tp)
+    optional = type(None) in typing.get_args(tp)
+    if value is None and optional:
+        return None
+
+    def one(v):
+        if base is bool:
+            if isinstance(v, bool):
+                return v
+            raise ConfigError(f"option {name!r}: expected true/false, got {v!r}")
+        if base is float and isinstance(v, int) and not isinstance(v, bool):
+            return float(v)
+        if not isinstance(v, base) or isinstance(v, bool) and base is not bool:
+            raise ConfigError(f"option {name!r}: expected {base.__name__}, got {v!r}")
+        return v
+
+    if _is_list(tp):
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return [one(v) for v in value]
+    return one(value)
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Options from a YAML mapping file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of option: value")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def build_config(cls, presets: dict[str, dict], cli: dict, default_preset: str):
+    """defaults < preset < YAML (--config) < command line; then validate()."""
+    cli = dict(cli)
+    file_opts = load_yaml(cli.pop("config")) if cli.get("config") else {}
+    preset = cli.get("preset", file_opts.get("preset", default_preset))
+    if preset not in presets:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(presets)}")
+    values = {"preset": preset, **presets[preset]}
+    values.update(file_opts)
+    values.update(cli)
+    values.pop("config", None)
+    kwargs = {k: _coerce(cls, k, v) for k, v in values.items()}
+    cfg = cls(**kwargs)
+    cfg.validate()
+    return cfg
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_yaml(cfg, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def from_dict(cls, d: dict):
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in names})
+
+
+__all__ = ["ConfigError", "OneLineErrorParser", "opt", "add_arguments", "build_config", "load_yaml", "save_yaml",
+           "to_dict", "from_dict", "dataclass"]

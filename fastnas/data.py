@@ -1,0 +1,307 @@
+"""Datasets for search and retraining: CIFAR-10/100, a user's image folder, and an embedded offline
+CIFAR-shaped default.
+
+Every dataset is held in memory as uint8 images (N, 3, H, W) plus int64 labels; batches are drawn by
+:class:`BatchStream` (seeded per epoch, so an epoch's order is reproducible and a resumed run sees
+the same batches) and augmented on the device by :func:`augment` (random crop with padding,
+horizontal flip, optional cutout) before normalization.
+
+CIFAR is read from the python pickle batches (``cifar-10-batches-py/``, ``cifar-100-python/``) by
+our own reader, so files are checked for their format, not their checksum.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+DATASETS = ("embedded", "cifar10", "cifar100", "folder")
+
+CIFAR_MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409)}
+CIFAR_STD = {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2673, 0.2564, 0.2762)}
+_CIFAR = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels",
+                "cifar-10-python.tar.gz"),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels", "cifar-100-python.tar.gz"),
+}
+_CIFAR_URL = "https://www.cs.toronto.edu/~kriz/"
+
+
+class DataError(ValueError):
+    """Missing or unreadable data, with what to do about it."""
+
+
+@dataclass
+class ImageData:
+    """In-memory images (uint8, N x 3 x H x W) and labels, with normalization constants."""
+
+    images: Tensor
+    labels: Tensor
+    num_classes: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    name: str = ""
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def subset(self, indices: Tensor) -> ImageData:
+        return ImageData(self.images[indices], self.labels[indices], self.num_classes, self.mean, self.std,
+                         self.name)
+
+
+# --------------------------------------------------------------------------------- embedded data
+EMBEDDED_CLASSES = (
+    "horizontal_stripes", "vertical_stripes", "diagonal_stripes", "antidiagonal_stripes", "checkerboard",
+    "rings", "square", "cross", "two_dots", "circle",
+)
+
+
+def make_embedded(n: int, seed: int = 0, size: int = 32, noise: float = 0.25) -> ImageData:
+    """A deterministic CIFAR-shaped problem: 10 classes of spatial patterns (stripes in four
+    orientations, checkerboard, rings, square, cross, two dots, circle outline) with random
+    frequency, phase, position, scale and colours, plus pixel noise. Foreground and background
+    colours are drawn independently of the class, so only spatial structure tells classes apart."""
+    if n < 1:
+        raise DataError(f"embedded dataset size must be >= 1, got {n}")
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 10
+    labels = labels[torch.randperm(n, generator=g)]
+    coords = torch.arange(size, dtype=torch.float32) / size
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    yy, xx = yy[None], xx[None]
+
+    def u(lo, hi):
+        return (lo + (hi - lo) * torch.rand(n, 1, 1, generator=g))
+
+    freq, phase = u(2.0, 5.0), u(0.0, 2 * math.pi)
+    cy, cx = u(0.3, 0.7), u(0.3, 0.7)
+    scale = u(0.12, 0.25)
+    r = torch.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
+    two_pi = 2 * math.pi
+    masks = torch.stack([
+        (torch.sin(two_pi * freq * yy + phase) > 0),
+        (torch.sin(two_pi * freq * xx + phase) > 0),
+        (torch.sin(two_pi * freq * (xx + yy) / math.sqrt(2) + phase) > 0),
+        (torch.sin(two_pi * freq * (xx - yy) / math.sqrt(2) + phase) > 0),
+        ((torch.sin(two_pi * freq * xx + phase) > 0) ^ (torch.sin(two_pi * freq * yy + phase) > 0)),
+        (torch.sin(two_pi * freq * 1.5 * r + phase) > 0),
+        ((yy - cy).abs() < scale) & ((xx - cx).abs() < scale),
+        (((yy - cy).abs() < scale / 3) & ((xx - cx).abs() < scale * 1.5))
+        | (((xx - cx).abs() < scale / 3) & ((yy - cy).abs() < scale * 1.5)),
+        (torch.sqrt((yy - cy) ** 2 + (xx - cx + scale) ** 2) < scale / 1.5)
+        | (torch.sqrt((yy - cy) ** 2 + (xx - cx - scale) ** 2) < scale / 1.5),
+        ((r - scale * 1.3).abs() < 0.05),
+    ], dim=1)  # (n, 10, H, W)
+    mask = masks[torch.arange(n), labels].float()[:, None]  # (n, 1, H, W)
+    fg = torch.rand(n, 3, 1, 1, generator=g)
+    bg = torch.rand(n, 3, 1, 1, generator=g)
+    # keep foreground and background apart in brightness so the pattern is visible
+    bg = torch.where((fg - bg).abs().mean(1, keepdim=True) < 0.25, 1 - fg, bg)
+    img = mask * fg + (1 - mask) * bg + noise * torch.randn(n, 3, size, size, generator=g)
+    images = (img.clamp(0, 1) * 255).round().to(torch.uint8)
+    return ImageData(images, labels.long(), 10, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "embedded")
+
+
+# --------------------------------------------------------------------------------- CIFAR
+def _read_cifar_batch(path: Path, label_key: bytes):
+    try:
+        with open(path, "rb") as f:
+            entry = pickle.load(f, encoding="bytes")
+        data = np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(entry[label_key], dtype=np.int64)
+    except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as exc:
+        raise DataError(f"unreadable CIFAR batch {path}: {type(exc).__name__}: {exc}") from None
+    if len(labels) != len(data):
+        raise DataError(f"CIFAR batch {path}: {len(data)} images but {len(labels)} labels")
+    return data, labels
+
+
+def load_cifar(name: str, root: str | Path, train: bool, download: bool = False) -> ImageData:
+    """CIFAR-10/100 from `root` (the folder holding cifar-10-batches-py/ or cifar-100-python/)."""
+    folder, train_files, test_files, label_key, archive = _CIFAR[name]
+    root = Path(root).expanduser()
+    base = root / folder
+    files = [base / f for f in (train_files if train else test_files)]
+    if not all(f.is_file() for f in files) and download:
+        try:
+            from torchvision.datasets.utils import download_and_extract_archive
+        except ImportError:
+            raise DataError("--download needs torchvision installed") from None
+        try:
+            download_and_extract_archive(_CIFAR_URL + archive, str(root), filename=archive)
+        except Exception as exc:  # no network, bad archive: say so in one line
+            raise DataError(f"downloading {name} into {root} failed: {type(exc).__name__}: {exc}") from None
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise DataError(
+            f"{name} not found: expected {base}/ with {', '.join(missing)} (extract {archive} into "
+            f"{root}, or pass --download where the network allows it)"
+        )
+    parts = [_read_cifar_batch(f, label_key) for f in files]
+    images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
+    labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))
+    num_classes = 10 if name == "cifar10" else 100
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DataError(f"{name}: labels outside 0..{num_classes - 1} in {base}")
+    return ImageData(images, labels, num_classes, CIFAR_MEAN[name], CIFAR_STD[name], name)
+
+
+# --------------------------------------------------------------------------------- image folder
+def load_folder(root: str | Path, split: str, image_size: int = 32,
+                classes: list[str] | None = None) -> ImageData:
+    """A torchvision ImageFolder layout: ``root/<split>/<class>/<image>``, resized to image_size."""
+    try:
+        from torchvision import datasets, transforms
+    except ImportError:
+        raise DataError("the folder dataset needs torchvision installed") from None
+    path = Path(root).expanduser() / split
+    if not path.is_dir():
+        raise DataError(f"image folder not found: {path} (expected {Path(root) / 'train'} and {Path(root) / 'test'}, "
+                        "one subfolder per class)")
+    tf = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.PILToTensor()])
+    try:
+        ds = datasets.ImageFolder(str(path), transform=tf)
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise DataError(f"image folder {path}: {exc}") from None
+    if classes is not None and ds.classes != classes:
+        raise DataError(f"image folder {path}: classes {ds.classes} differ from the training split's {classes}")
+    images, labels = [], []
+    for i in range(len(ds)):
+        img, label = ds[i]
+        if img.shape[0] == 1:
+            img = img.expand(3, -1, -1)
+        images.append(img[:3])
+        labels.append(label)
+    images = torch.stack(images)
+    mean = tuple((images.float() / 255).mean((0, 2, 3)).tolist())
+    std = tuple((images.float() / 255).std((0, 2, 3)).clamp_min(1e-3).tolist())
+    return ImageData(images, torch.tensor(labels), len(ds.classes), mean, std, f"folder:{path.parent.name}")
+
+
+def load_dataset(name: str, data_dir: str | Path = "data", *, train: bool = True, download: bool = False,
+                 embedded_size: int = 2000, image_size: int = 32, seed: int = 0) -> ImageData:
+    """Load the training (or test) split of a dataset by name (see DATASETS)."""
+    if name == "embedded":
+        # train and test come from different seeds of the same generator
+        n = embedded_size if train else max(1, embedded_size // 4)
+        return make_embedded(n, seed=seed * 2 + (0 if train else 1))
+    if name in _CIFAR:
+        return load_cifar(name, data_dir, train, download)
+    if name == "folder":
+        classes = None
+        if not train:
+            classes = sorted(p.name for p in (Path(data_dir).expanduser() / "train").iterdir() if p.is_dir())
+        return load_folder(data_dir, "train" if train else "test", image_size, classes)
+    raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+def split_train(data: ImageData, portion: float, seed: int) -> tuple[ImageData, ImageData]:
+    """The search split: a seeded `portion` of the training set for weights, the rest held out for the
+    architecture. The test set is never used by the search."""
+    if not 0 < portion < 1:
+        raise DataError(f"train_portion must be in (0, 1), got {portion}")
+    n = len(data)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    k = int(round(n * portion))
+    if k < 1 or k >= n:
+        raise DataError(f"train_portion {portion} of {n} images leaves an empty split")
+    return data.subset(perm[:k]), data.subset(perm[k:])
+
+
+class BatchStream:
+    """Endless batches of an in-memory dataset: a fresh seeded permutation per pass, so the order is a
+    function of (seed, pass) alone and a resumed stream repeats an uninterrupted one.
+
+    ``state_dict()``/``load_state_dict()`` capture the position, so a held-out stream continues across
+    steps and epochs instead of restarting.
+    """
+
+    def __init__(self, data: ImageData, batch_size: int, seed: int, drop_last: bool = True,
+                 rank: int = 0, world_size: int = 1):
+        if batch_size < 1:
+            raise DataError(f"batch size must be >= 1, got {batch_size}")
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.drop_last = drop_last
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.pos = 0, 0
+        self._order = None
+        n = len(data) // world_size
+        if n < batch_size and drop_last:
+            raise DataError(
+                f"{data.name or 'dataset'} split has {n} images per process, fewer than one batch of {batch_size}"
+            )
+
+    def _perm(self) -> Tensor:
+        if self._order is None:
+            g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+            perm = torch.randperm(len(self.data), generator=g)
+            per_rank = len(perm) // self.world_size
+            self._order = perm[self.rank * per_rank:(self.rank + 1) * per_rank]
+        return self._order
+
+    def batches_per_pass(self) -> int:
+        n = len(self.data) // self.world_size
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def next(self) -> tuple[Tensor, Tensor]:
+        order = self._perm()
+        if self.pos >= self.batches_per_pass():
+            self.epoch, self.pos, self._order = self.epoch + 1, 0, None
+            order = self._perm()
+        idx = order[self.pos * self.batch_size:(self.pos + 1) * self.batch_size]
+        self.pos += 1
+        return self.data.images[idx], self.data.labels[idx]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.pos, self.seed = state["epoch"], state["pos"], state["seed"]
+        self._order = None
+
+
+def augment(images: Tensor, generator: torch.Generator | None = None, crop_padding: int = 4, flip: bool = True,
+            cutout: int = 0) -> Tensor:
+    """DARTS/CIFAR augmentation on a uint8 or float batch (N, C, H, W): random crop after zero
+    padding, random horizontal flip, optional cutout (a zeroed square of side `cutout`, after
+    normalization in DARTS; here applied to the raw batch, which is then normalized)."""
+    n, _, h, w = images.shape
+    device = images.device
+
+    def rand_int(high, size):
+        return torch.randint(0, high, size, generator=generator).to(device)
+
+    if crop_padding > 0:
+        p = crop_padding
+        padded = torch.nn.functional.pad(images, (p, p, p, p))
+        oy, ox = rand_int(2 * p + 1, (n,)), rand_int(2 * p + 1, (n,))
+        rows = (oy[:, None] + torch.arange(h, device=device)[None])  # (n, h)
+        cols = (ox[:, None] + torch.arange(w, device=device)[None])  # (n, w)
+        b = torch.arange(n, device=device)[:, None, None]
+        images = padded.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    if flip:
+        do_flip = (torch.rand(n, generator=generator) < 0.5).to(device)
+        images = torch.where(do_flip[:, None, None, None], images.flip(3), images)
+    if cutout > 0:
+        cy, cx = rand_int(h, (n,)), rand_int(w, (n,))
+        ys = torch.arange(h, device=device)[None, :, None]
+        xs = torch.arange(w, device=device)[None, None, :]
+        half = cutout // 2
+        inside = ((ys - cy[:, None, None]).abs() <= half - (cutout % 2 == 0)) & \
+                 ((xs - cx[:, None, None]).abs() <= half - (cutout % 2 == 0))
+        images = images * (~inside)[:, None].to(images.dtype)
+    return images.contiguous()
+
+
+def normalize(images: Tensor, mean, std, dtype=torch.float32, memory_format=torch.contiguous_format) -> Tensor:
+    """uint8 (or [0, 255] float) images -> normalized float tensor."""
+    m = torch.tensor(mean, device=images.device, dtype=dtype).view(1, -1, 1, 1) * 255
+    s = torch.tensor(std, device=images.device, dtype=dtype).view(1, -1, 1, 1) * 255
+    return ((images.to(dtype) - m) / s).contiguous(memory_format=memory_format)

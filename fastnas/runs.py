@@ -1,0 +1,162 @@
+"""Run directories: resolved config, log file, JSON-lines + CSV metrics, TensorBoard events (when
+installed), and atomic checkpoints (temp file + rename, so a kill at any moment leaves either the
+previous or the new checkpoint, never a torn one)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+class RunError(ValueError):
+    """A run directory or checkpoint that cannot be used."""
+
+
+def default_run_dir(kind: str) -> Path:
+    return Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+class RunDir:
+    """The output folder of one search/train run."""
+
+    def __init__(self, path: str | Path, *, resume: bool = False, enabled: bool = True):
+        self.path = Path(path)
+        self.enabled = enabled  # only rank 0 writes in distributed runs
+        if enabled:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+                probe = self.path / ".write-test"
+                probe.write_text("")
+                probe.unlink()
+            except OSError as exc:
+                raise RunError(f"output directory {self.path} is not writable: {exc.strerror or exc}") from None
+        self.metrics_path = self.path / "metrics.jsonl"
+        self.logger = logging.getLogger(f"fastnas.run.{id(self)}")
+        self.logger.setLevel(logging.INFO)
+        self.logger.propagate = False
+        if enabled:
+            fh = logging.FileHandler(self.path / "run.log")
+            fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+            self.logger.addHandler(fh)
+        self._tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.path / "tensorboard"))
+            except Exception:  # tensorboard not installed: events are optional
+                self._tb = None
+
+    # ----------------------------------------------------------------- logging
+    def log(self, message: str, echo: bool = True) -> None:
+        if not self.enabled:
+            return
+        self.logger.info(message)
+        if echo:
+            print(message, flush=True)
+
+    def log_metrics(self, row: dict, step: int | None = None) -> None:
+        """Append one JSON line, refresh the CSV, send scalars to TensorBoard."""
+        if not self.enabled:
+            return
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        self._write_csv()
+        if self._tb is not None and step is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(k, v, step)
+            self._tb.flush()
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics_path.is_file():
+            return []
+        rows = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line torn by a kill
+                break
+        return rows
+
+    def truncate_metrics(self, keep) -> None:
+        """Keep only the rows for which keep(row) is true (used on resume)."""
+        if not self.enabled:
+            return
+        rows = [r for r in self.read_metrics() if keep(r)]
+        tmp = self.metrics_path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, self.metrics_path)
+        self._write_csv()
+
+    def _write_csv(self) -> None:
+        rows = self.read_metrics()
+        if not rows:
+            return
+        columns = []
+        for r in rows:
+            for k, v in r.items():
+                if k not in columns and not isinstance(v, (dict, list)):
+                    columns.append(k)
+        tmp = self.path / "metrics.csv.tmp"
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, self.path / "metrics.csv")
+
+    # ----------------------------------------------------------------- files
+    def write_text(self, name: str, text: str) -> Path:
+        p = self.path / name
+        if self.enabled:
+            tmp = p.with_name(p.name + ".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, p)
+        return p
+
+    def write_json(self, name: str, obj) -> Path:
+        return self.write_text(name, json.dumps(obj, indent=2) + "\n")
+
+    def save_checkpoint(self, state: dict, name: str = "checkpoint.pt") -> Path:
+        p = self.path / name
+        if self.enabled:
+            tmp = p.with_name(p.name + ".tmp")
+            torch.save(state, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, p)
+        return p
+
+    def load_checkpoint(self, name: str = "checkpoint.pt", map_location="cpu") -> dict:
+        return load_checkpoint(self.path / name, map_location)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        for h in list(self.logger.handlers):
+            h.close()
+            self.logger.removeHandler(h)
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise RunError(f"no checkpoint at {p}")
+    try:
+        state = torch.load(p, map_location=map_location, weights_only=False)
+    except Exception as exc:
+        raise RunError(f"corrupt checkpoint {p}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+    if not isinstance(state, dict) or "version" not in state:
+        raise RunError(f"corrupt checkpoint {p}: not a fastnas checkpoint")
+    return state
+
+
+def is_terminal() -> bool:
+    return sys.stderr.isatty()

@@ -1,0 +1,536 @@
+"""S2 progressive sampled search: ``python -m fastnas.search``.
+
+Three stages (presets ``pdarts``, ``patent``, ``smoke``; every per-stage list overridable). Each stage
+builds a supernet (its cells and channels), trains it for its epochs: per step the sampler draws an
+architecture, one weight step (SGD, cosine, grad clip) runs on a training batch, and after the
+warm-up one architecture step (Adam, first order) on a batch of the held-out half. Between stages
+the candidates are pruned to the next stage's count (zero first in the last stage), the supernet is
+rebuilt and re-initialized. The last stage's architecture gives the genotype (skip cap M).
+
+Every epoch is checkpointed atomically; ``--resume DIR`` continues a killed run, and with
+``--deterministic`` ends with the genotype an uninterrupted run gives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fastnas import config as cfglib
+from fastnas.config import ConfigError, opt
+from fastnas.data import DATASETS, BatchStream, DataError, augment, load_dataset, normalize, split_train
+from fastnas.genotype import Genotype, GenotypeError
+from fastnas.primitives import PRIMITIVES, is_primitive
+from fastnas.runs import RunDir, RunError, default_run_dir, is_terminal, load_checkpoint
+from fastnas.sampler import SAMPLERS, Sample, TemperatureSchedule, make_sampler
+from fastnas.supernet import SuperNet, derive_genotype, prune_primitives
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class SearchConfig:
+    """All options of a search (see ``python -m fastnas.search --help``)."""
+
+    preset: str = opt("pdarts", "stage preset: pdarts, patent or smoke", choices=["pdarts", "patent", "smoke"])
+    # data
+    dataset: str = opt("embedded", "embedded (offline default), cifar10, cifar100 or folder", choices=list(DATASETS))
+    data_dir: str = opt("data", "folder holding the dataset (CIFAR batches or train/ and test/ image folders)")
+    download: bool = opt(False, "download CIFAR into --data-dir when missing (needs network)")
+    embedded_size: int = opt(2000, "training images of the embedded dataset")
+    image_size: int = opt(32, "image side for the folder dataset")
+    train_portion: float = opt(0.5, "share of the training set for weight steps; the rest trains the architecture")
+    # stages
+    cells: list[int] = opt([5, 11, 17], "cells (layers) of the supernet, per stage")
+    channels: list[int] = opt([16, 16, 16], "initial channels of the supernet, per stage")
+    ops_kept: list[int] = opt([8, 5, 3], "candidate ops per edge, per stage (the first = all primitives)")
+    skip_dropout: list[float] = opt([0.0, 0.4, 0.7], "dropout on skip connections, per stage")
+    epochs: list[int] = opt([25, 25, 25], "epochs per stage")
+    warmup_epochs: list[int] = opt([10, 10, 10], "epochs per stage that train weights only")
+    primitives: list[str] = opt(list(PRIMITIVES), "candidate ops of the first stage")
+    # sampler
+    sampler: str = opt("gumbel-hard", "gumbel-hard, gumbel-soft, softmax or dirichlet", choices=list(SAMPLERS))
+    tau_start: float = opt(10.0, "sampler temperature at the first epoch of a stage")
+    tau_end: float = opt(0.1, "sampler temperature at the last epoch of a stage")
+    tau_schedule: str = opt("linear", "temperature schedule within a stage",
+                            choices=["linear", "exponential", "constant"])
+    max_skip: int = opt(2, "most skip connections in the derived normal cell (-1: no cap)")
+    # weight optimizer
+    batch_size: int = opt(96, "batch size of both the weight and the architecture step")
+    lr: float = opt(0.025, "SGD learning rate (cosine-annealed per stage)")
+    lr_min: float = opt(0.0, "final learning rate of the cosine schedule")
+    momentum: float = opt(0.9, "SGD momentum")
+    weight_decay: float = opt(3e-4, "SGD weight decay")
+    grad_clip: float = opt(5.0, "gradient-norm clip of the weight step (0: off)")
+    # architecture optimizer
+    arch_lr: float = opt(6e-4, "Adam learning rate of the architecture parameters")
+    arch_betas: list[float] = opt([0.5, 0.999], "Adam betas of the architecture parameters")
+    arch_weight_decay: float = opt(1e-3, "Adam weight decay of the architecture parameters")
+    # runtime
+    seed: int = opt(0, "random seed (data split, initialization, sampling)")
+    deterministic: bool = opt(False, "deterministic algorithms: a resumed run ends like an uninterrupted one")
+    amp: str = opt("off", "mixed precision", choices=["off", "bf16", "fp16"])
+    channels_last: bool = opt(False, "channels_last memory format")
+    workers: int = opt(0, "CPU threads for intra-op parallelism (0: torch's default)")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    out: str | None = opt(None, "run directory (default runs/search-<time>)")
+    max_steps: int = opt(0, "cap on steps per epoch (0: a full pass over the training half)")
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.cells)
+
+    def validate(self) -> None:
+        n = len(self.cells)
+        if n < 1:
+            raise ConfigError("cells: at least one stage is needed")
+        for name in ("channels", "ops_kept", "skip_dropout", "epochs", "warmup_epochs"):
+            if len(getattr(self, name)) != n:
+                raise ConfigError(
+                    f"{name} has {len(getattr(self, name))} entries but cells has {n}: one per stage is needed"
+                )
+        for name in ("cells", "channels", "epochs"):
+            if any(v < 1 for v in getattr(self, name)):
+                raise ConfigError(f"{name}: every stage needs a value >= 1, got {getattr(self, name)}")
+        unknown = [p for p in self.primitives if not is_primitive(p)]
+        if unknown:
+            raise ConfigError(f"primitives: unknown op(s) {', '.join(unknown)}")
+        if len(set(self.primitives)) != len(self.primitives):
+            raise ConfigError(f"primitives: duplicates in {self.primitives}")
+        if self.ops_kept[0] > len(self.primitives):
+            raise ConfigError(
+                f"ops_kept[0]={self.ops_kept[0]} is larger than the {len(self.primitives)} candidate primitives"
+            )
+        for s in range(n):
+            if self.ops_kept[s] < 1:
+                raise ConfigError(f"ops_kept: stage {s + 1} keeps {self.ops_kept[s]} ops, at least 1 is needed")
+            if s and self.ops_kept[s] > self.ops_kept[s - 1]:
+                raise ConfigError(
+                    f"ops_kept: stage {s + 1} keeps {self.ops_kept[s]} ops, more than the "
+                    f"{self.ops_kept[s - 1]} candidates left by stage {s}"
+                )
+            if not 0 <= self.warmup_epochs[s] <= self.epochs[s]:
+                raise ConfigError(f"warmup_epochs: stage {s + 1} has {self.warmup_epochs[s]} warm-up epochs of "
+                                  f"{self.epochs[s]}")
+            if not 0 <= self.skip_dropout[s] < 1:
+                raise ConfigError(f"skip_dropout: stage {s + 1} rate {self.skip_dropout[s]} is not in [0, 1)")
+        if self.ops_kept[0] < len(self.primitives):
+            raise ConfigError(
+                f"ops_kept[0]={self.ops_kept[0]} must equal the number of primitives ({len(self.primitives)}); "
+                "set --primitives to choose the first stage's candidates"
+            )
+        if not 0 < self.train_portion < 1:
+            raise ConfigError(f"train_portion must be in (0, 1), got {self.train_portion}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.tau_start <= 0 or self.tau_end <= 0:
+            raise ConfigError("tau_start and tau_end must be > 0")
+        if len(self.arch_betas) != 2 or not all(0 <= b < 1 for b in self.arch_betas):
+            raise ConfigError(f"arch_betas must be two numbers in [0, 1), got {self.arch_betas}")
+        if self.embedded_size < 4:
+            raise ConfigError(f"embedded_size must be >= 4, got {self.embedded_size}")
+        if self.max_steps < 0 or self.workers < 0:
+            raise ConfigError("max_steps and workers must be >= 0")
+        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+
+PRESETS: dict[str, dict] = {
+    # P-DARTS: cells 5/11/17, 16 channels, ops 8/5/3, skip dropout 0/0.4/0.7, 25 epochs (10 warm-up).
+    "pdarts": {},
+    # The source's literal reading: per-stage widths [9, 13, 19].
+    "patent": {"channels": [9, 13, 19]},
+    # Seconds on a laptop CPU on the embedded data; still all three stages, pruning and derivation.
+    "smoke": {
+        "cells": [3, 4, 5], "channels": [4, 4, 6], "epochs": [2, 2, 2], "warmup_epochs": [1, 1, 1],
+        "batch_size": 32, "embedded_size": 768, "tau_start": 5.0, "tau_end": 1.0, "arch_lr": 3e-3,
+    },
+}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but no CUDA device is visible")
+    return dev
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def rng_state() -> dict:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def skip_dropout_rate(p: float, epoch: int, epochs: int, warmup: int) -> float:
+    """P-DARTS: p * (E - e - 1) / E during the warm-up, then p * exp(-0.2 * (e - warm-up))."""
+    if epoch < warmup:
+        return p * (epochs - epoch - 1) / epochs
+    return p * math.exp(-0.2 * (epoch - warmup))
+
+
+class Searcher:
+    """The state of one search run; :meth:`run` goes through the remaining stages and epochs."""
+
+    def __init__(self, cfg: SearchConfig, run: RunDir, device: torch.device, *, rank: int = 0, world_size: int = 1):
+        self.cfg, self.run_dir, self.device = cfg, run, device
+        self.rank, self.world_size = rank, world_size
+        self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        full = load_dataset(cfg.dataset, cfg.data_dir, train=True, download=cfg.download,
+                            embedded_size=cfg.embedded_size, image_size=cfg.image_size, seed=cfg.seed)
+        self.train_data, self.valid_data = split_train(full, cfg.train_portion, cfg.seed)
+        self.num_classes = full.num_classes
+        self.train_stream = BatchStream(self.train_data, cfg.batch_size, cfg.seed * 2 + 1, rank=rank,
+                                        world_size=world_size)
+        self.valid_stream = BatchStream(self.valid_data, cfg.batch_size, cfg.seed * 2 + 2, rank=rank,
+                                        world_size=world_size)
+        self.sampler = make_sampler(cfg.sampler, tau=cfg.tau_start)
+        self.schedule = TemperatureSchedule(cfg.tau_start, cfg.tau_end, cfg.tau_schedule)
+        self.stage, self.epoch = 0, 0  # next epoch to run
+        self.edge_primitives = None
+        self.stage_genotypes: list[dict] = []
+        self.elapsed = 0.0
+        self.net = None
+
+    # ----------------------------------------------------------------- building
+    def build_stage(self, stage: int) -> None:
+        cfg = self.cfg
+        self.net = SuperNet(
+            channels=cfg.channels[stage], layers=cfg.cells[stage], num_classes=self.num_classes,
+            primitives=cfg.primitives, edge_primitives=self.edge_primitives,
+        ).to(self.device, memory_format=self.memory_format)
+        if self.edge_primitives is None:
+            self.edge_primitives = self.net.edge_primitives
+        self.model = self.net
+        self.w_opt = torch.optim.SGD(self.net.weight_parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                     weight_decay=cfg.weight_decay)
+        self.a_opt = torch.optim.Adam(self.net.arch_parameters(), lr=cfg.arch_lr, betas=tuple(cfg.arch_betas),
+                                      weight_decay=cfg.arch_weight_decay)
+        self.w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, cfg.epochs[stage], eta_min=cfg.lr_min)
+        fp16 = self.amp_dtype is torch.float16
+        self.w_scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
+        self.a_scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def batch(self, stream: BatchStream):
+        images, labels = stream.next()
+        images = images.to(self.device, non_blocking=True)
+        images = augment(images)
+        x = normalize(images, self.train_data.mean, self.train_data.std, memory_format=self.memory_format)
+        return x, labels.to(self.device, non_blocking=True)
+
+    # ----------------------------------------------------------------- one step
+    def weight_step(self, samples, x, y) -> tuple[float, float]:
+        net = self.net
+        detached = {k: Sample(s.weights.detach(), s.index, s.hard, s.index_list) for k, s in samples.items()}
+        with self.autocast():
+            logits = self.model(x, detached)
+            loss = F.cross_entropy(logits.float(), y)
+        self.w_opt.zero_grad(set_to_none=True)
+        params = net.weight_parameters()
+        grads = torch.autograd.grad(self.w_scaler.scale(loss), params, allow_unused=True)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        self.after_weight_grads()
+        self.w_scaler.unscale_(self.w_opt)
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        self.w_scaler.step(self.w_opt)
+        self.w_scaler.update()
+        return loss.detach(), (logits.argmax(1) == y).sum()
+
+    def arch_step(self, samples, x, y) -> tuple[float, float]:
+        net = self.net
+        with self.autocast():
+            logits = self.model(x, samples)
+            loss = F.cross_entropy(logits.float(), y)
+        self.a_opt.zero_grad(set_to_none=True)
+        # First order: only the architecture parameters' gradients are computed.
+        params = net.arch_parameters()
+        # allow_unused: with fewer than 3 cells there is no normal cell (both alphas exist regardless)
+        grads = torch.autograd.grad(self.a_scaler.scale(loss), params, allow_unused=True)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        self.after_arch_grads()
+        self.a_scaler.step(self.a_opt)
+        self.a_scaler.update()
+        return loss.detach(), (logits.argmax(1) == y).sum()
+
+    def after_weight_grads(self) -> None:
+        """Hook for distributed runs (gradient all-reduce)."""
+
+    def after_arch_grads(self) -> None:
+        """Hook for distributed runs (architecture gradient all-reduce)."""
+
+    def draw(self):
+        return self.net.sample(self.sampler)
+
+    # ----------------------------------------------------------------- epochs
+    def train_epoch(self, stage: int, epoch: int) -> dict:
+        cfg = self.cfg
+        warm = epoch < cfg.warmup_epochs[stage]
+        tau = self.schedule(epoch, cfg.epochs[stage])
+        self.sampler.set_temperature(tau)
+        p_skip = skip_dropout_rate(cfg.skip_dropout[stage], epoch, cfg.epochs[stage], cfg.warmup_epochs[stage])
+        self.net.set_skip_dropout(p_skip)
+        self.net.train()
+        steps = self.train_stream.batches_per_pass()
+        if cfg.max_steps:
+            steps = min(steps, cfg.max_steps)
+        sums = torch.zeros(4, device=self.device)  # train loss*n, train correct, valid loss*n, valid correct
+        n_train = n_valid = 0
+        t0 = time.perf_counter()
+        bar = None
+        if is_terminal() and self.rank == 0:
+            try:
+                from tqdm import tqdm
+
+                bar = tqdm(total=steps, desc=f"stage {stage + 1} epoch {epoch + 1}", leave=False)
+            except ImportError:
+                bar = None
+        for _ in range(steps):
+            samples = self.draw()
+            x, y = self.batch(self.train_stream)
+            loss, correct = self.weight_step(samples, x, y)
+            sums[0] += loss * y.shape[0]
+            sums[1] += correct
+            n_train += y.shape[0]
+            if not warm:
+                xa, ya = self.batch(self.valid_stream)
+                loss, correct = self.arch_step(samples, xa, ya)
+                sums[2] += loss * ya.shape[0]
+                sums[3] += correct
+                n_valid += ya.shape[0]
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        self.w_sched.step()
+        s = self.reduce_sums(sums).tolist()
+        n_train *= self.world_size
+        n_valid *= self.world_size
+        probs = self.net.probabilities(self.sampler)
+        return {
+            "stage": stage + 1, "epoch": epoch + 1, "warmup": warm,
+            "train_loss": s[0] / n_train, "train_acc": s[1] / n_train,
+            "valid_loss": s[2] / n_valid if n_valid else None, "valid_acc": s[3] / n_valid if n_valid else None,
+            "tau": tau, "skip_dropout": p_skip, "lr": self.w_opt.param_groups[0]["lr"],
+            "epoch_time_s": time.perf_counter() - t0, "steps": steps,
+            "genotype": str(derive_genotype(self.net, self.max_skip(), self.sampler)),
+            "op_probabilities": {cell: {"primitives": self.net.edge_primitives[cell], "p": p.tolist()}
+                                 for cell, p in probs.items()},
+        }
+
+    def reduce_sums(self, sums: torch.Tensor) -> torch.Tensor:
+        return sums
+
+    def max_skip(self):
+        return None if self.cfg.max_skip < 0 else self.cfg.max_skip
+
+    # ----------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        return {
+            "version": CHECKPOINT_VERSION, "kind": "search", "config": cfglib.to_dict(self.cfg),
+            "stage": self.stage, "epoch": self.epoch, "edge_primitives": self.edge_primitives,
+            "model": self.net.state_dict(), "w_opt": self.w_opt.state_dict(), "a_opt": self.a_opt.state_dict(),
+            "w_sched": self.w_sched.state_dict(), "w_scaler": self.w_scaler.state_dict(),
+            "a_scaler": self.a_scaler.state_dict(), "sampler": self.sampler.state_dict(),
+            "train_stream": self.train_stream.state_dict(), "valid_stream": self.valid_stream.state_dict(),
+            "rng": rng_state(), "stage_genotypes": self.stage_genotypes, "elapsed": self.elapsed,
+            "world_size": self.world_size,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        try:
+            self.stage, self.epoch = state["stage"], state["epoch"]
+            self.edge_primitives = state["edge_primitives"]
+            self.stage_genotypes = state["stage_genotypes"]
+            self.elapsed = state["elapsed"]
+            self.build_stage(self.stage)
+            self.net.load_state_dict(state["model"])
+            self.w_opt.load_state_dict(state["w_opt"])
+            self.a_opt.load_state_dict(state["a_opt"])
+            self.w_sched.load_state_dict(state["w_sched"])
+            self.w_scaler.load_state_dict(state["w_scaler"])
+            self.a_scaler.load_state_dict(state["a_scaler"])
+            self.sampler.load_state_dict(state["sampler"])
+            self.train_stream.load_state_dict(state["train_stream"])
+            self.valid_stream.load_state_dict(state["valid_stream"])
+            set_rng_state(state["rng"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise RunError(f"checkpoint does not fit this run: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+    def checkpoint(self) -> None:
+        self.run_dir.save_checkpoint(self.state_dict())
+
+    # ----------------------------------------------------------------- the run
+    def run(self, resumed: bool = False) -> Genotype:
+        cfg = self.cfg
+        log = self.run_dir.log
+        if self.net is None:
+            self.build_stage(self.stage)
+        while self.stage < cfg.num_stages:
+            stage = self.stage
+            if self.epoch == 0 and not resumed:
+                log(f"stage {stage + 1}/{cfg.num_stages}: {cfg.cells[stage]} cells, {cfg.channels[stage]} channels, "
+                    f"{len(self.edge_primitives['normal'][0])} ops per edge, skip dropout {cfg.skip_dropout[stage]}, "
+                    f"{sum(p.numel() for p in self.net.weight_parameters()):,} weights")
+            resumed = False
+            while self.epoch < cfg.epochs[stage]:
+                t0 = time.perf_counter()
+                row = self.train_epoch(stage, self.epoch)
+                self.epoch += 1
+                self.elapsed += time.perf_counter() - t0
+                row["elapsed_s"] = self.elapsed
+                # Checkpoint first: metrics past the checkpoint are dropped on resume.
+                self.checkpoint()
+                step = sum(cfg.epochs[:stage]) + self.epoch
+                self.run_dir.log_metrics(row, step=step)
+                valid = (f"valid loss {row['valid_loss']:.3f} acc {row['valid_acc']:.3f}"
+                         if row["valid_loss"] is not None else "warm-up")
+                log(f"stage {stage + 1} epoch {self.epoch}/{cfg.epochs[stage]}: train loss {row['train_loss']:.3f} "
+                    f"acc {row['train_acc']:.3f}, {valid}, tau {row['tau']:.2f}, skip dropout "
+                    f"{row['skip_dropout']:.3f}, {row['epoch_time_s']:.1f}s")
+            self.finish_stage(stage)
+        final = derive_genotype(self.net, self.max_skip(), self.sampler)
+        return final
+
+    def finish_stage(self, stage: int) -> None:
+        cfg = self.cfg
+        geno = derive_genotype(self.net, self.max_skip(), self.sampler)
+        self.stage_genotypes.append({"stage": stage + 1, "genotype": geno.to_dict(), "text": str(geno)})
+        self.run_dir.write_json(f"genotype_stage{stage + 1}.json", geno.to_dict())
+        self.run_dir.log(f"stage {stage + 1} genotype: {geno}")
+        if stage + 1 < cfg.num_stages:
+            last = stage + 1 == cfg.num_stages - 1
+            self.edge_primitives = prune_primitives(self.net, cfg.ops_kept[stage + 1], drop_zero_first=last,
+                                                    sampler=self.sampler)
+            self.stage, self.epoch = stage + 1, 0
+            self.build_stage(self.stage)
+            self.checkpoint()
+        else:
+            self.stage = cfg.num_stages
+
+
+def write_results(run: RunDir, searcher: Searcher, genotype: Genotype) -> None:
+    run.write_text("genotype.json", genotype.to_json() + "\n")
+    run.write_text("genotype.txt", str(genotype) + "\n")
+    if run.enabled:
+        genotype.render(run.path)
+    run.write_json("summary.json", {
+        "genotype": genotype.to_dict(), "genotype_text": str(genotype), "stages": searcher.stage_genotypes,
+        "search_time_s": searcher.elapsed, "config": cfglib.to_dict(searcher.cfg),
+    })
+
+
+def parse_args(argv=None):
+    parser = cfglib.OneLineErrorParser(
+        prog="python -m fastnas.search",
+        description="Progressive sampled architecture search (three stages by default). "
+                    "Options come from --preset, then --config FILE.yaml, then the command line.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--config", default=argparse.SUPPRESS, metavar="FILE.yaml",
+                        help="YAML file of options (any option below, by its name)")
+    parser.add_argument("--resume", default=argparse.SUPPRESS, metavar="DIR",
+                        help="continue the killed run in DIR (its saved config is used)")
+    cfglib.add_arguments(parser, SearchConfig)
+    return vars(parser.parse_args(argv))
+
+
+def main(argv=None) -> int:
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return int(exc.code or 0)
+    try:
+        return _main(args)
+    except (ConfigError, DataError, RunError, GenotypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: resume with --resume <run dir>", file=sys.stderr)
+        return 130
+
+
+def _main(args: dict) -> int:
+    resume = args.pop("resume", None)
+    if resume:
+        run_path = Path(resume)
+        state = load_checkpoint(run_path / "checkpoint.pt")
+        if state.get("kind") != "search":
+            raise RunError(f"{run_path}: checkpoint is not from a search run")
+        cfg = cfglib.from_dict(SearchConfig, state["config"])
+        for key in ("device", "workers"):  # where it runs may change; what it computes may not
+            if key in args:
+                setattr(cfg, key, args[key])
+        cfg.validate()
+    else:
+        cfg = cfglib.build_config(SearchConfig, PRESETS, args, "pdarts")
+        run_path = Path(cfg.out) if cfg.out else default_run_dir("search")
+        state = None
+    if cfg.workers:
+        torch.set_num_threads(cfg.workers)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed, cfg.deterministic)
+    run = RunDir(run_path, resume=bool(resume))
+    cfg.out = str(run_path)
+    cfglib.save_yaml(cfg, run.path / "config.yaml")
+    searcher = Searcher(cfg, run, device)
+    if state is not None:
+        searcher.load_state_dict(state)
+        done = (searcher.stage, searcher.epoch)
+        run.truncate_metrics(lambda r: (r["stage"] - 1, r["epoch"]) <= done)
+        run.log(f"resumed {run_path} at stage {searcher.stage + 1}, epoch {searcher.epoch}")
+    else:
+        run.log(f"search: preset {cfg.preset}, sampler {cfg.sampler}, dataset {cfg.dataset}, device {device}, "
+                f"run dir {run_path}")
+    genotype = searcher.run(resumed=state is not None)
+    write_results(run, searcher, genotype)
+    run.log(f"genotype: {genotype}")
+    run.log(f"search time {searcher.elapsed:.1f}s; results in {run_path}")
+    run.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
