@@ -1,0 +1,55 @@
+"""Test helpers: small datasets in the real on-disk formats."""
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+
+def write_cifar10(root: Path, per_batch: int = 20, seed: int = 0) -> Path:
+    """cifar-10-batches-py/ with 5 training batches and a test batch, in CIFAR's pickle format."""
+    rng = np.random.default_rng(seed)
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True, exist_ok=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        entry = {
+            b"batch_label": name.encode(),
+            b"labels": [int(x) for x in rng.integers(0, 10, per_batch)],
+            b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+            b"filenames": [f"img{i}.png".encode() for i in range(per_batch)],
+        }
+        with open(base / name, "wb") as f:
+            pickle.dump(entry, f)
+    with open(base / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)], b"num_vis": 3072}, f)
+    return root
+
+
+def write_cifar100(root: Path, n_train: int = 60, n_test: int = 20, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    base = root / "cifar-100-python"
+    base.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train", n_train), ("test", n_test)):
+        entry = {
+            b"fine_labels": [int(x) for x in rng.integers(0, 100, n)],
+            b"coarse_labels": [int(x) for x in rng.integers(0, 20, n)],
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        }
+        with open(base / name, "wb") as f:
+            pickle.dump(entry, f)
+    return root
+
+
+def write_image_folder(root: Path, classes=("cat", "dog", "eel"), per_class: int = 4, size: int = 20) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in classes:
+            d = root / split / c
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                arr = rng.integers(0, 256, (size, size + i, 3), dtype=np.uint8)
+                Image.fromarray(arr).save(d / f"{i}.png")
+    return root
