@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import write_cifar10, write_cifar100, write_image_folder
 
 from fastnas.data import (
     BatchStream,
@@ -13,8 +14,6 @@ from fastnas.data import (
     normalize,
     split_train,
 )
-
-from helpers import write_cifar10, write_cifar100, write_image_folder
 
 
 def test_cifar10_files_read_by_the_loader(tmp_path):

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import write_cifar10
 
 from fastnas.genotype import Genotype
 from fastnas.search import main
-
-from helpers import write_cifar10
 
 ROOT = Path(__file__).resolve().parent.parent
 # The smoke preset, smaller still: 4 steps per epoch, 5 epochs over the 3 stages.
