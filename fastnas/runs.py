@@ -8,10 +8,12 @@ import csv
 import json
 import logging
 import os
+import random
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -160,3 +162,57 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
 
 def is_terminal() -> bool:
     return sys.stderr.isatty()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RunError(f"device {name!r} requested but no CUDA device is visible")
+    return dev
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def rng_state() -> dict:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def guarded(body, *args) -> int:
+    """Run a CLI body: bad input (config, data, genotype, run dir, checkpoint) becomes one `error:`
+    line on stderr and exit code 2, never a traceback."""
+    from fastnas.config import ConfigError
+    from fastnas.data import DataError
+    from fastnas.genotype import GenotypeError
+
+    try:
+        return body(*args)
+    except (ConfigError, DataError, RunError, GenotypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: continue with --resume <run dir>", file=sys.stderr)
+        return 130

@@ -15,24 +15,32 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import random
 import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from fastnas import config as cfglib
 from fastnas.config import ConfigError, opt
-from fastnas.data import DATASETS, BatchStream, DataError, augment, load_dataset, normalize, split_train
-from fastnas.genotype import Genotype, GenotypeError
+from fastnas.data import DATASETS, BatchStream, augment, load_dataset, normalize, split_train
+from fastnas.genotype import Genotype
 from fastnas.primitives import PRIMITIVES, is_primitive
-from fastnas.runs import RunDir, RunError, default_run_dir, is_terminal, load_checkpoint
+from fastnas.runs import (
+    RunDir,
+    RunError,
+    default_run_dir,
+    guarded,
+    is_terminal,
+    load_checkpoint,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 from fastnas.sampler import SAMPLERS, Sample, TemperatureSchedule, make_sampler
 from fastnas.supernet import SuperNet, derive_genotype, prune_primitives
 
@@ -157,43 +165,6 @@ PRESETS: dict[str, dict] = {
         "batch_size": 32, "embedded_size": 768, "tau_start": 5.0, "tau_end": 1.0, "arch_lr": 3e-3,
     },
 }
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but no CUDA device is visible")
-    return dev
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-
-
-def rng_state() -> dict:
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def skip_dropout_rate(p: float, epoch: int, epochs: int, warmup: int) -> float:
@@ -482,14 +453,7 @@ def main(argv=None) -> int:
         args = parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0)
-    try:
-        return _main(args)
-    except (ConfigError, DataError, RunError, GenotypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: resume with --resume <run dir>", file=sys.stderr)
-        return 130
+    return guarded(_main, args)
 
 
 def _main(args: dict) -> int:

@@ -1,0 +1,112 @@
+"""S1 -> S2 -> S3 in one run directory: ``python -m fastnas.pipeline``.
+
+The search writes DIR/search, its genotype goes straight to retraining in DIR/train (no copy-paste),
+and DIR/report.json + DIR/report.md give the genotype, its diagrams, parameters, search time,
+retraining time and the final test error. ``--resume DIR`` continues whichever part was cut short.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from fastnas import config as cfglib
+from fastnas import search, train
+from fastnas.data import DATASETS
+from fastnas.runs import RunDir, RunError, default_run_dir, guarded
+
+PRESETS = {"smoke": ("smoke", "smoke"), "full": ("pdarts", "darts"), "patent": ("patent", "darts")}
+
+
+def parse_args(argv=None):
+    p = cfglib.OneLineErrorParser(prog="python -m fastnas.pipeline", description=__doc__.split("\n")[0],
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--preset", default="smoke", choices=list(PRESETS),
+                   help="smoke (search smoke + retrain smoke), full (pdarts + darts), patent (patent + darts)")
+    # Given here, these override both stages' config files; left out, the files (or presets) decide.
+    p.add_argument("--dataset", default=None, choices=list(DATASETS), help="default: embedded")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None, help="default: auto")
+    p.add_argument("--search-config", default=None, metavar="FILE.yaml", help="search options (fastnas.search)")
+    p.add_argument("--train-config", default=None, metavar="FILE.yaml", help="retraining options (fastnas.train)")
+    p.add_argument("--out", default=None, help="run directory (default runs/pipeline-<time>)")
+    p.add_argument("--resume", default=None, metavar="DIR", help="continue the pipeline run in DIR")
+    return p.parse_args(argv)
+
+
+def _main(args) -> int:
+    out = Path(args.resume or args.out or default_run_dir("pipeline"))
+    run = RunDir(out)
+    search_dir, train_dir = out / "search", out / "train"
+    search_preset, train_preset = PRESETS[args.preset]
+    common = []
+    for name in ("dataset", "data_dir", "seed", "device"):
+        if getattr(args, name) is not None:
+            common += ["--" + name.replace("_", "-"), str(getattr(args, name))]
+
+    if (search_dir / "genotype.json").is_file():
+        run.log(f"search already finished: {search_dir}")
+    elif args.resume and (search_dir / "checkpoint.pt").is_file():
+        if search.main(["--resume", str(search_dir)]) != 0:
+            return 2
+    else:
+        extra = ["--config", args.search_config] if args.search_config else []
+        if search.main(["--preset", search_preset, *extra, *common, "--out", str(search_dir)]) != 0:
+            return 2
+
+    if (train_dir / "report.json").is_file():
+        run.log(f"retraining already finished: {train_dir}")
+    elif args.resume and (train_dir / "last.pt").is_file():
+        if train.main(["--resume", str(train_dir)]) != 0:
+            return 2
+    else:
+        extra = ["--config", args.train_config] if args.train_config else []
+        if train.main(["--genotype", str(search_dir), "--preset", train_preset, *extra, *common,
+                       "--out", str(train_dir)]) != 0:
+            return 2
+
+    try:
+        summary = json.loads((search_dir / "summary.json").read_text())
+        result = json.loads((train_dir / "report.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RunError(f"pipeline outputs missing or unreadable in {out}: {exc}") from None
+    report = {
+        "genotype": result["genotype"], "genotype_text": result["genotype_text"],
+        "diagrams": sorted(str(p.relative_to(out)) for p in search_dir.glob("*.dot")),
+        "params": result["params"], "params_with_auxiliary": result["params_with_auxiliary"],
+        "flops": result["flops"], "search_time_s": summary["search_time_s"],
+        "retrain_time_s": result["train_time_s"], "final_test_error": result["final_test_error"],
+        "best_epoch_test_acc": result["best_epoch_test_acc"], "epochs": result["epochs"],
+        "dataset": result["dataset"], "seed": result["seed"],
+    }
+    run.write_json("report.json", report)
+    md = "\n".join([
+        "# fastnas pipeline report", "",
+        f"- genotype: `{report['genotype_text']}`",
+        f"- cell diagrams: {', '.join(report['diagrams'])}",
+        f"- parameters: {report['params']:,} ({report['params_with_auxiliary']:,} with the auxiliary head), "
+        f"{report['flops'] / 2e6:.1f}M MACs per image",
+        f"- search time: {report['search_time_s']:.1f} s; retraining time: {report['retrain_time_s']:.1f} s",
+        f"- final test error ({report['dataset']}, {report['epochs']} epochs, seed {report['seed']}): "
+        f"{report['final_test_error'] * 100:.2f}%",
+        "",
+    ])
+    run.write_text("report.md", md)
+    run.log(md)
+    run.close()
+    return 0
+
+
+def main(argv=None) -> int:
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return guarded(_main, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,413 @@
+"""S3 retraining: ``python -m fastnas.train --genotype X``.
+
+X is a published name (DARTS_V2, PDARTS, ...), a genotype.json, a search run directory, or a pasted
+DARTS ``Genotype(...)`` string. Defaults are the DARTS/P-DARTS CIFAR recipe (preset ``darts``):
+EvalNetwork C=36, 20 cells, auxiliary weight 0.4, cutout 16, drop-path 0.3 ramped linearly, SGD
+0.025 cosine, momentum 0.9, wd 3e-4, grad clip 5, 600 epochs. The headline is the final-epoch test
+error; the best epoch is reported too, labelled as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from fastnas import config as cfglib
+from fastnas.config import ConfigError, opt
+from fastnas.data import DATASETS, BatchStream, augment, load_dataset, normalize
+from fastnas.genotype import Genotype, GenotypeError
+from fastnas.network import EvalNetwork
+from fastnas.runs import (
+    RunDir,
+    RunError,
+    default_run_dir,
+    guarded,
+    is_terminal,
+    load_checkpoint,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class TrainConfig:
+    """All options of a retraining run (see ``python -m fastnas.train --help``)."""
+
+    genotype: str | None = opt(None, "published name, genotype.json, search run dir or DARTS Genotype(...) string")
+    preset: str = opt("darts", "darts (the published recipe) or smoke (seconds on a CPU)", choices=["darts", "smoke"])
+    dataset: str = opt("embedded", "embedded (offline default), cifar10, cifar100 or folder", choices=list(DATASETS))
+    data_dir: str = opt("data", "folder holding the dataset")
+    download: bool = opt(False, "download CIFAR into --data-dir when missing (needs network)")
+    embedded_size: int = opt(2000, "training images of the embedded dataset")
+    image_size: int = opt(32, "image side for the folder dataset")
+    channels: int = opt(36, "initial channels C")
+    layers: int = opt(20, "cells")
+    auxiliary: bool = opt(True, "auxiliary head after 2/3 of the depth")
+    auxiliary_weight: float = opt(0.4, "weight of the auxiliary loss")
+    drop_path: float = opt(0.3, "final drop-path rate (ramped linearly from 0 over training)")
+    cutout: int = opt(16, "cutout square side (0: off)")
+    epochs: int = opt(600, "training epochs")
+    batch_size: int = opt(96, "batch size")
+    lr: float = opt(0.025, "SGD learning rate (cosine-annealed)")
+    lr_min: float = opt(0.0, "final learning rate")
+    momentum: float = opt(0.9, "SGD momentum")
+    weight_decay: float = opt(3e-4, "SGD weight decay")
+    grad_clip: float = opt(5.0, "gradient-norm clip (0: off)")
+    seed: int = opt(0, "random seed")
+    deterministic: bool = opt(False, "deterministic algorithms (a resumed run ends like an uninterrupted one)")
+    amp: str = opt("off", "mixed precision", choices=["off", "bf16", "fp16"])
+    channels_last: bool = opt(False, "channels_last memory format")
+    compile: bool = opt(False, "torch.compile the network")
+    workers: int = opt(0, "CPU threads for intra-op parallelism (0: torch's default)")
+    pin_memory: bool = opt(True, "pinned host memory for batches copied to a GPU")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    out: str | None = opt(None, "run directory (default runs/train-<time>)")
+    max_steps: int = opt(0, "cap on steps per epoch (0: a full pass)")
+    export: bool = opt(True, "export the final model (safetensors or state dict, and torch.export)")
+
+    def validate(self) -> None:
+        if not self.genotype:
+            raise ConfigError("--genotype is required (a published name, genotype.json, run dir or DARTS string)")
+        for name in ("channels", "layers", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.drop_path < 1:
+            raise ConfigError(f"drop_path must be in [0, 1), got {self.drop_path}")
+        if self.cutout < 0 or self.max_steps < 0 or self.workers < 0:
+            raise ConfigError("cutout, max_steps and workers must be >= 0")
+        if self.embedded_size < 4:
+            raise ConfigError(f"embedded_size must be >= 4, got {self.embedded_size}")
+        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+
+PRESETS: dict[str, dict] = {
+    "darts": {},
+    "smoke": {"channels": 8, "layers": 5, "epochs": 5, "batch_size": 64, "embedded_size": 1500, "lr": 0.05,
+              "drop_path": 0.1, "cutout": 0},
+}
+
+
+def resolve_genotype(spec: str) -> Genotype:
+    """A published name, a genotype.json, a search run directory, or a DARTS Genotype(...) string."""
+    path = Path(str(spec))
+    try:
+        if path.is_dir():
+            if not (path / "genotype.json").is_file():
+                raise GenotypeError(f"{path} holds no genotype.json (has its search finished?)")
+            return Genotype.from_json(path / "genotype.json")
+    except OSError:
+        pass
+    return Genotype.load(spec)
+
+
+class Trainer:
+    """One retraining run; :meth:`run` trains the remaining epochs."""
+
+    def __init__(self, cfg: TrainConfig, run: RunDir, device: torch.device, genotype: Genotype, *,
+                 rank: int = 0, world_size: int = 1):
+        self.cfg, self.run_dir, self.device, self.genotype = cfg, run, device, genotype
+        self.rank, self.world_size = rank, world_size
+        self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        kw = dict(download=cfg.download, embedded_size=cfg.embedded_size, image_size=cfg.image_size, seed=cfg.seed)
+        self.train_data = load_dataset(cfg.dataset, cfg.data_dir, train=True, **kw)
+        self.test_data = load_dataset(cfg.dataset, cfg.data_dir, train=False, **kw)
+        self.stream = BatchStream(self.train_data, cfg.batch_size, cfg.seed * 2 + 1, drop_last=False, rank=rank,
+                                  world_size=world_size)
+        self.net = EvalNetwork(genotype, cfg.channels, cfg.layers, self.train_data.num_classes, cfg.auxiliary,
+                               0.0).to(device, memory_format=self.memory_format)
+        self.model = self.net
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.opt = torch.optim.SGD(self.net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                   weight_decay=cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, cfg.epochs, eta_min=cfg.lr_min)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16)
+        self.epoch = 0
+        self.best = {"test_acc": -1.0, "epoch": 0}
+        self.elapsed = 0.0
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def to_device(self, images, labels):
+        if self.device.type == "cuda" and self.cfg.pin_memory:
+            images, labels = images.pin_memory(), labels.pin_memory()
+        return images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+    def train_epoch(self) -> dict:
+        cfg = self.cfg
+        self.net.drop_path_prob = cfg.drop_path * self.epoch / cfg.epochs
+        self.net.train()
+        steps = self.stream.batches_per_pass()
+        if cfg.max_steps:
+            steps = min(steps, cfg.max_steps)
+        sums = torch.zeros(3, device=self.device)  # loss * n, correct, n
+        bar = None
+        if is_terminal() and self.rank == 0:
+            try:
+                from tqdm import tqdm
+
+                bar = tqdm(total=steps, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False)
+            except ImportError:
+                bar = None
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            images, labels = self.to_device(*self.stream.next())
+            x = normalize(augment(images, cutout=cfg.cutout), self.train_data.mean, self.train_data.std,
+                          memory_format=self.memory_format)
+            with self.autocast():
+                logits, aux = self.forward(x)
+                loss = F.cross_entropy(logits.float(), labels)
+                total = loss
+                if aux is not None and cfg.auxiliary_weight > 0:
+                    total = total + cfg.auxiliary_weight * F.cross_entropy(aux.float(), labels)
+            self.opt.zero_grad(set_to_none=True)
+            self.scaler.scale(total).backward()
+            self.after_backward()
+            self.scaler.unscale_(self.opt)
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            n = labels.shape[0]
+            sums += torch.stack([loss.detach() * n, (logits.argmax(1) == labels).sum().float(),
+                                 torch.tensor(float(n), device=self.device)])
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - t0
+        lr = self.opt.param_groups[0]["lr"]
+        self.sched.step()
+        s = self.reduce_sums(sums).tolist()
+        return {"train_loss": s[0] / s[2], "train_acc": s[1] / s[2], "lr": lr,
+                "drop_path": self.net.drop_path_prob, "train_images_per_s": s[2] / seconds, "train_time_s": seconds}
+
+    def after_backward(self) -> None:
+        """Hook for distributed runs."""
+
+    def reduce_sums(self, sums: torch.Tensor) -> torch.Tensor:
+        return sums
+
+    def evaluate(self, data=None) -> dict:
+        return evaluate_model(self.net, data or self.test_data, self.train_data.mean, self.train_data.std,
+                              self.device, max(self.cfg.batch_size, 256), self.amp_dtype, self.memory_format,
+                              self.to_device)
+
+    # ----------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        return {
+            "version": CHECKPOINT_VERSION, "kind": "train", "config": cfglib.to_dict(self.cfg),
+            "genotype": self.genotype.to_dict(), "epoch": self.epoch, "model": self.net.state_dict(),
+            "opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
+            "stream": self.stream.state_dict(), "rng": rng_state(), "best": self.best, "elapsed": self.elapsed,
+            "num_classes": self.train_data.num_classes,
+            "normalization": [list(self.train_data.mean), list(self.train_data.std)],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if Genotype.from_dict(state["genotype"]) != self.genotype:
+            raise RunError("checkpoint was trained with another genotype")
+        try:
+            self.net.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["opt"])
+            self.sched.load_state_dict(state["sched"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.stream.load_state_dict(state["stream"])
+            self.epoch, self.best, self.elapsed = state["epoch"], state["best"], state["elapsed"]
+            set_rng_state(state["rng"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise RunError(f"checkpoint does not fit this network: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+    def run(self) -> dict:
+        cfg, log = self.cfg, self.run_dir.log
+        last = {}
+        while self.epoch < cfg.epochs:
+            t0 = time.perf_counter()
+            row = self.train_epoch()
+            row.update(self.evaluate())
+            self.epoch += 1
+            self.elapsed += time.perf_counter() - t0
+            row.update(epoch=self.epoch, elapsed_s=self.elapsed)
+            if row["test_acc"] > self.best["test_acc"]:
+                self.best = {"test_acc": row["test_acc"], "epoch": self.epoch}
+                self.run_dir.save_checkpoint({"version": CHECKPOINT_VERSION, "kind": "weights",
+                                              "genotype": self.genotype.to_dict(), "config": cfglib.to_dict(cfg),
+                                              "model": self.net.state_dict(), "epoch": self.epoch,
+                                              "num_classes": self.train_data.num_classes,
+                                              "normalization": [list(self.train_data.mean),
+                                                                list(self.train_data.std)]}, "best.pt")
+            self.run_dir.save_checkpoint(self.state_dict(), "last.pt")
+            self.run_dir.log_metrics(row, step=self.epoch)
+            log(f"epoch {self.epoch}/{cfg.epochs}: train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f}, "
+                f"test acc {row['test_acc']:.4f} (error {row['test_error'] * 100:.2f}%), lr {row['lr']:.4f}, "
+                f"drop-path {row['drop_path']:.3f}, {row['train_images_per_s']:.0f} images/s")
+            last = row
+        return last
+
+
+@torch.no_grad()
+def evaluate_model(net, data, mean, std, device, batch_size: int = 256, amp_dtype=None,
+                   memory_format=torch.contiguous_format, to_device=None) -> dict:
+    """Test loss, accuracy and error of `net` on in-memory `data` (normalized with mean/std)."""
+    net.eval()
+    total_loss, correct = 0.0, 0
+    for i in range(0, len(data), batch_size):
+        images, labels = data.images[i:i + batch_size], data.labels[i:i + batch_size]
+        if to_device is not None:
+            images, labels = to_device(images, labels)
+        else:
+            images, labels = images.to(device), labels.to(device)
+        x = normalize(images, mean, std, memory_format=memory_format)
+        ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+        with ctx:
+            logits = net(x)
+        total_loss += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
+        correct += int((logits.argmax(1) == labels).sum())
+    n = max(1, len(data))
+    return {"test_loss": total_loss / n, "test_acc": correct / n, "test_error": 1 - correct / n}
+
+
+def model_report(net: EvalNetwork, image_size: int, device) -> dict:
+    """Parameters with and without the auxiliary head, and FLOPs of one image (torch's flop counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = net.training
+    net.eval()
+    x = torch.zeros(1, 3, image_size, image_size, device=device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(x)
+    net.train(was_training)
+    return {"params": net.num_parameters(), "params_with_auxiliary": net.num_parameters(include_auxiliary=True),
+            "flops": counter.get_total_flops(), "macs": counter.get_total_flops() // 2}
+
+
+def export_model(run: RunDir, net: EvalNetwork, image_size: int, device) -> list[str]:
+    """Final weights as safetensors (when installed) or a state dict, and a torch.export program."""
+    written = []
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    try:
+        from safetensors.torch import save_file
+
+        save_file(state, str(run.path / "model.safetensors"))
+        written.append("model.safetensors")
+    except ImportError:
+        torch.save(state, run.path / "model_state_dict.pt")
+        written.append("model_state_dict.pt")
+    net.eval()
+    try:
+        example = torch.zeros(2, 3, image_size, image_size, device=device)
+        program = torch.export.export(net, (example,))
+        torch.export.save(program, str(run.path / "model.pt2"))
+        written.append("model.pt2")
+    except Exception as exc:  # export is a convenience: report, don't fail the run
+        run.log(f"warning: torch.export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+    return written
+
+
+def parse_args(argv=None):
+    parser = cfglib.OneLineErrorParser(
+        prog="python -m fastnas.train",
+        description="Retrain a genotype from scratch and report its test error. Options come from --preset, "
+                    "then --config FILE.yaml, then the command line.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--config", default=argparse.SUPPRESS, metavar="FILE.yaml", help="YAML file of options")
+    parser.add_argument("--resume", default=argparse.SUPPRESS, metavar="DIR",
+                        help="continue the killed run in DIR (its saved config is used)")
+    cfglib.add_arguments(parser, TrainConfig)
+    return vars(parser.parse_args(argv))
+
+
+def main(argv=None) -> int:
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return guarded(_main, args)
+
+
+def prepare(args: dict) -> tuple[TrainConfig, Path, dict | None]:
+    """Config, run directory and (when resuming) the checkpoint, from parsed arguments."""
+    resume = args.pop("resume", None)
+    if resume:
+        run_path = Path(resume)
+        state = load_checkpoint(run_path / "last.pt")
+        if state.get("kind") != "train":
+            raise RunError(f"{run_path}: checkpoint is not from a training run")
+        cfg = cfglib.from_dict(TrainConfig, state["config"])
+        for key in ("device", "workers"):
+            if key in args:
+                setattr(cfg, key, args[key])
+        cfg.validate()
+        return cfg, run_path, state
+    cfg = cfglib.build_config(TrainConfig, PRESETS, args, "darts")
+    return cfg, Path(cfg.out) if cfg.out else default_run_dir("train"), None
+
+
+def train(cfg: TrainConfig, run_path: Path, state: dict | None = None, **dist) -> dict:
+    """Run (or resume) a retraining and write its report; returns the report."""
+    genotype = resolve_genotype(cfg.genotype) if state is None else Genotype.from_dict(state["genotype"])
+    if cfg.workers:
+        torch.set_num_threads(cfg.workers)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed, cfg.deterministic)
+    run = RunDir(run_path, enabled=dist.get("rank", 0) == 0)
+    cfg.out = str(run_path)
+    if run.enabled:
+        cfglib.save_yaml(cfg, run.path / "config.yaml")
+    trainer_cls = dist.pop("trainer_cls", Trainer)
+    trainer = trainer_cls(cfg, run, device, genotype, **dist)
+    report = model_report(trainer.net, cfg.image_size if cfg.dataset == "folder" else 32, device)
+    if state is not None:
+        trainer.load_state_dict(state)
+        run.truncate_metrics(lambda r: r["epoch"] <= trainer.epoch)
+        run.log(f"resumed {run_path} at epoch {trainer.epoch}")
+    else:
+        run.write_text("genotype.json", genotype.to_json() + "\n")
+        run.log(f"train: {genotype}")
+        run.log(f"{cfg.dataset}, {cfg.layers} cells, C={cfg.channels}: {report['params']:,} parameters "
+                f"({report['params_with_auxiliary']:,} with the auxiliary head), {report['macs'] / 1e6:.1f}M MACs; "
+                f"device {device}, run dir {run_path}")
+    last = trainer.run()
+    if not last:  # resumed a finished run
+        last = {**trainer.evaluate(), "epoch": trainer.epoch}
+    exported = export_model(run, trainer.net, 32 if cfg.dataset != "folder" else cfg.image_size, device) \
+        if cfg.export and run.enabled else []
+    result = {
+        "genotype": genotype.to_dict(), "genotype_text": str(genotype), **report,
+        "epochs": trainer.epoch, "final_test_error": last["test_error"], "final_test_acc": last["test_acc"],
+        "best_epoch_test_acc": trainer.best["test_acc"], "best_epoch": trainer.best["epoch"],
+        "train_time_s": trainer.elapsed, "seed": cfg.seed, "dataset": cfg.dataset, "exported": exported,
+    }
+    run.write_json("report.json", result)
+    run.log(f"final test error {result['final_test_error'] * 100:.2f}% after {trainer.epoch} epochs (seed {cfg.seed}; "
+            f"best epoch {trainer.best['epoch']}: {(1 - trainer.best['test_acc']) * 100:.2f}%, shown for reference)")
+    run.close()
+    return result
+
+
+def _main(args: dict) -> int:
+    cfg, run_path, state = prepare(args)
+    train(cfg, run_path, state)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
