@@ -216,11 +216,13 @@ def split_train(data: ImageData, portion: float, seed: int) -> tuple[ImageData, 
 
 
 class BatchStream:
-    """Endless batches of an in-memory dataset: a fresh seeded permutation per pass, so the order is a
-    function of (seed, pass) alone and a resumed stream repeats an uninterrupted one.
+    """Endless batches of an in-memory dataset, one shard per process.
 
-    ``state_dict()``/``load_state_dict()`` capture the position, so a held-out stream continues across
-    steps and epochs instead of restarting.
+    The order comes from torch's own :class:`~torch.utils.data.DistributedSampler` (one replica when not
+    distributed) with ``set_epoch(pass)``, so it is a function of (seed, pass, rank, world size) alone
+    and a resumed stream repeats an uninterrupted one. ``state_dict()``/``load_state_dict()`` capture
+    the position, so a held-out stream continues across steps and epochs instead of restarting; a
+    state saved under another world size restarts the current pass (the shards differ).
     """
 
     def __init__(self, data: ImageData, batch_size: int, seed: int, drop_last: bool = True,
@@ -230,9 +232,12 @@ class BatchStream:
         self.data, self.batch_size, self.seed = data, batch_size, seed
         self.drop_last = drop_last
         self.rank, self.world_size = rank, world_size
+        self.sampler = torch.utils.data.DistributedSampler(
+            range(len(data)), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
         self.epoch, self.pos = 0, 0
         self._order = None
-        n = len(data) // world_size
+        n = self.sampler.num_samples
         if n < batch_size and drop_last:
             raise DataError(
                 f"{data.name or 'dataset'} split has {n} images per process, fewer than one batch of {batch_size}"
@@ -240,14 +245,12 @@ class BatchStream:
 
     def _perm(self) -> Tensor:
         if self._order is None:
-            g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
-            perm = torch.randperm(len(self.data), generator=g)
-            per_rank = len(perm) // self.world_size
-            self._order = perm[self.rank * per_rank:(self.rank + 1) * per_rank]
+            self.sampler.set_epoch(self.epoch)
+            self._order = torch.tensor(list(iter(self.sampler)), dtype=torch.long)
         return self._order
 
     def batches_per_pass(self) -> int:
-        n = len(self.data) // self.world_size
+        n = self.sampler.num_samples
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def next(self) -> tuple[Tensor, Tensor]:
@@ -260,10 +263,13 @@ class BatchStream:
         return self.data.images[idx], self.data.labels[idx]
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos, "seed": self.seed}
+        return {"epoch": self.epoch, "pos": self.pos, "seed": self.seed, "world_size": self.world_size}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.pos, self.seed = state["epoch"], state["pos"], state["seed"]
+        self.epoch, self.seed = state["epoch"], state["seed"]
+        self.sampler.seed = self.seed
+        same_shards = state.get("world_size", 1) == self.world_size
+        self.pos = state["pos"] if same_shards else 0
         self._order = None
 
 

@@ -216,3 +216,25 @@ def guarded(body, *args) -> int:
     except KeyboardInterrupt:
         print("interrupted: continue with --resume <run dir>", file=sys.stderr)
         return 130
+    except RuntimeError as exc:
+        if not _peer_failure(exc):
+            raise
+        # A peer died or a collective timed out: stop with one line instead of hanging.
+        rank = os.environ.get("RANK", "?")
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        print(f"error: distributed run failed on rank {rank} (a peer process died or timed out): {first}",
+              file=sys.stderr)
+        return 1
+
+
+_PEER_MARKERS = ("gloo", "nccl", "connection", "timed out", "timeout", "peer", "socket", "broken pipe")
+
+
+def _peer_failure(exc: RuntimeError) -> bool:
+    """A collective that failed because another process went away (not a bug of ours)."""
+    if isinstance(exc, torch.distributed.DistError):
+        return True
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    msg = str(exc).lower()
+    return any(m in msg for m in _PEER_MARKERS)

@@ -102,7 +102,14 @@ class DirichletSampler(Sampler):
 
     def __call__(self, alpha: Tensor) -> Sample:
         concentration = F.elu(alpha) + 1
-        return Sample(torch.distributions.Dirichlet(concentration).rsample())
+        if self.generator is None:
+            return Sample(torch.distributions.Dirichlet(concentration).rsample())
+        # Dirichlet.rsample takes no generator: draw under a seed taken from ours, in a forked RNG.
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.generator, device=self.generator.device))
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            return Sample(torch.distributions.Dirichlet(concentration).rsample())
 
     def probabilities(self, alpha: Tensor) -> Tensor:
         # Mean of the Dirichlet: what DrNAS derives the genotype from.

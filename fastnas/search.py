@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from contextlib import nullcontext
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from fastnas import config as cfglib
+from fastnas import distributed
 from fastnas.config import ConfigError, opt
 from fastnas.data import DATASETS, BatchStream, augment, load_dataset, normalize, split_train
 from fastnas.genotype import Genotype
@@ -94,6 +96,9 @@ class SearchConfig:
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     out: str | None = opt(None, "run directory (default runs/search-<time>)")
     max_steps: int = opt(0, "cap on steps per epoch (0: a full pass over the training half)")
+    accumulate: int = opt(1, "shards per process, gradients averaged over them: 1 process with --accumulate N "
+                             "computes what N processes compute")
+    dist_timeout: float = opt(300.0, "seconds a collective may wait for the other processes (torchrun)")
 
     @property
     def num_stages(self) -> int:
@@ -150,6 +155,8 @@ class SearchConfig:
             raise ConfigError(f"embedded_size must be >= 4, got {self.embedded_size}")
         if self.max_steps < 0 or self.workers < 0:
             raise ConfigError("max_steps and workers must be >= 0")
+        if self.accumulate < 1:
+            raise ConfigError(f"accumulate must be >= 1, got {self.accumulate}")
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
@@ -186,17 +193,25 @@ class Searcher:
                             embedded_size=cfg.embedded_size, image_size=cfg.image_size, seed=cfg.seed)
         self.train_data, self.valid_data = split_train(full, cfg.train_portion, cfg.seed)
         self.num_classes = full.num_classes
-        self.train_stream = BatchStream(self.train_data, cfg.batch_size, cfg.seed * 2 + 1, rank=rank,
-                                        world_size=world_size)
-        self.valid_stream = BatchStream(self.valid_data, cfg.batch_size, cfg.seed * 2 + 2, rank=rank,
-                                        world_size=world_size)
-        self.sampler = make_sampler(cfg.sampler, tau=cfg.tau_start)
+        # Shards: `accumulate` per process, so W processes x A shards see what W*A processes see.
+        A = cfg.accumulate
+        self.shards = [rank * A + v for v in range(A)]
+        self.train_streams = [BatchStream(self.train_data, cfg.batch_size, cfg.seed * 2 + 1, rank=r,
+                                          world_size=world_size * A) for r in self.shards]
+        self.valid_streams = [BatchStream(self.valid_data, cfg.batch_size, cfg.seed * 2 + 2, rank=r,
+                                          world_size=world_size * A) for r in self.shards]
+        # One architecture per step for every process: the sampler draws from its own generator, seeded
+        # alike everywhere (the architecture parameters are kept identical).
+        self.sampler_generator = torch.Generator(device).manual_seed(cfg.seed + 12345)
+        self.sampler = make_sampler(cfg.sampler, tau=cfg.tau_start, generator=self.sampler_generator)
         self.schedule = TemperatureSchedule(cfg.tau_start, cfg.tau_end, cfg.tau_schedule)
         self.stage, self.epoch = 0, 0  # next epoch to run
         self.edge_primitives = None
         self.stage_genotypes: list[dict] = []
         self.elapsed = 0.0
         self.net = None
+        self.fault_step = distributed.fault_step(rank)
+        self.global_step = 0
 
     # ----------------------------------------------------------------- building
     def build_stage(self, stage: int) -> None:
@@ -208,6 +223,14 @@ class Searcher:
         if self.edge_primitives is None:
             self.edge_primitives = self.net.edge_primitives
         self.model = self.net
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            # The architecture parameters are all-reduced by hand (arch step); DDP handles the weights.
+            # Unsampled ops get no gradient under gumbel-hard: find_unused_parameters.
+            DDP._set_params_and_buffers_to_ignore_for_model(self.net, ["alpha_normal", "alpha_reduce"])
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DDP(self.net, device_ids=ids, find_unused_parameters=True)
         self.w_opt = torch.optim.SGD(self.net.weight_parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                      weight_decay=cfg.weight_decay)
         self.a_opt = torch.optim.Adam(self.net.arch_parameters(), lr=cfg.arch_lr, betas=tuple(cfg.arch_betas),
@@ -222,55 +245,62 @@ class Searcher:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def batch(self, stream: BatchStream):
+    def batch(self, stream: BatchStream, generator: torch.Generator):
         images, labels = stream.next()
         images = images.to(self.device, non_blocking=True)
-        images = augment(images)
+        images = augment(images, generator)
         x = normalize(images, self.train_data.mean, self.train_data.std, memory_format=self.memory_format)
         return x, labels.to(self.device, non_blocking=True)
 
     # ----------------------------------------------------------------- one step
-    def weight_step(self, samples, x, y) -> tuple[float, float]:
-        net = self.net
+    def weight_step(self, samples, batches) -> tuple[torch.Tensor, torch.Tensor]:
+        """SGD on the weights, gradients averaged over this process's shards (and, through DDP, over
+        all processes)."""
+        net, A = self.net, len(batches)
         detached = {k: Sample(s.weights.detach(), s.index, s.hard, s.index_list) for k, s in samples.items()}
-        with self.autocast():
-            logits = self.model(x, detached)
-            loss = F.cross_entropy(logits.float(), y)
         self.w_opt.zero_grad(set_to_none=True)
+        loss_sum = correct = 0
+        for v, (x, y) in enumerate(batches):
+            sync = nullcontext() if v == A - 1 or self.model is net else self.model.no_sync()
+            with sync:
+                with self.autocast():
+                    logits = self.model(x, detached)
+                    loss = F.cross_entropy(logits.float(), y)
+                self.w_scaler.scale(loss / A).backward()
+            loss_sum = loss_sum + loss.detach() * y.shape[0]
+            correct = correct + (logits.argmax(1) == y).sum()
         params = net.weight_parameters()
-        grads = torch.autograd.grad(self.w_scaler.scale(loss), params, allow_unused=True)
-        for p, g in zip(params, grads, strict=True):
-            p.grad = g
-        self.after_weight_grads()
         self.w_scaler.unscale_(self.w_opt)
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
         self.w_scaler.step(self.w_opt)
         self.w_scaler.update()
-        return loss.detach(), (logits.argmax(1) == y).sum()
+        return loss_sum, correct
 
-    def arch_step(self, samples, x, y) -> tuple[float, float]:
-        net = self.net
-        with self.autocast():
-            logits = self.model(x, samples)
-            loss = F.cross_entropy(logits.float(), y)
-        self.a_opt.zero_grad(set_to_none=True)
-        # First order: only the architecture parameters' gradients are computed.
+    def arch_step(self, samples, batches) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adam on the architecture parameters (first order: only their gradients are computed),
+        averaged over shards and processes."""
+        net, A = self.net, len(batches)
         params = net.arch_parameters()
-        # allow_unused: with fewer than 3 cells there is no normal cell (both alphas exist regardless)
-        grads = torch.autograd.grad(self.a_scaler.scale(loss), params, allow_unused=True)
-        for p, g in zip(params, grads, strict=True):
-            p.grad = g
-        self.after_arch_grads()
+        total = [torch.zeros_like(p) for p in params]
+        loss_sum = correct = 0
+        for x, y in batches:
+            with self.autocast():
+                logits = net(x, samples)  # not through DDP: these gradients are reduced below
+                loss = F.cross_entropy(logits.float(), y)
+            # allow_unused: with fewer than 3 cells there is no normal cell (both alphas exist regardless)
+            grads = torch.autograd.grad(self.a_scaler.scale(loss / A), params, allow_unused=True, retain_graph=A > 1)
+            for t, g in zip(total, grads, strict=True):
+                if g is not None:
+                    t += g
+            loss_sum = loss_sum + loss.detach() * y.shape[0]
+            correct = correct + (logits.argmax(1) == y).sum()
+        self.a_opt.zero_grad(set_to_none=True)
+        for p, g in zip(params, total, strict=True):
+            p.grad = distributed.all_reduce_(g, average=True)
         self.a_scaler.step(self.a_opt)
         self.a_scaler.update()
-        return loss.detach(), (logits.argmax(1) == y).sum()
-
-    def after_weight_grads(self) -> None:
-        """Hook for distributed runs (gradient all-reduce)."""
-
-    def after_arch_grads(self) -> None:
-        """Hook for distributed runs (architecture gradient all-reduce)."""
+        return loss_sum, correct
 
     def draw(self):
         return self.net.sample(self.sampler)
@@ -284,11 +314,15 @@ class Searcher:
         p_skip = skip_dropout_rate(cfg.skip_dropout[stage], epoch, cfg.epochs[stage], cfg.warmup_epochs[stage])
         self.net.set_skip_dropout(p_skip)
         self.net.train()
-        steps = self.train_stream.batches_per_pass()
+        steps = self.train_streams[0].batches_per_pass()
         if cfg.max_steps:
             steps = min(steps, cfg.max_steps)
         sums = torch.zeros(4, device=self.device)  # train loss*n, train correct, valid loss*n, valid correct
         n_train = n_valid = 0
+        # Augmentation draws from per-shard generators seeded by (seed, stage, epoch, shard): the same
+        # whatever the process layout, and nothing to carry in the checkpoint.
+        gens = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + stage * 10_007 + epoch * 101 + r)
+                for r in self.shards]
         t0 = time.perf_counter()
         bar = None
         if is_terminal() and self.rank == 0:
@@ -299,24 +333,27 @@ class Searcher:
             except ImportError:
                 bar = None
         for _ in range(steps):
+            self.global_step += 1
+            if self.fault_step is not None and self.global_step >= self.fault_step:
+                os._exit(3)  # test hook (FASTNAS_FAULT): this process dies without a word
             samples = self.draw()
-            x, y = self.batch(self.train_stream)
-            loss, correct = self.weight_step(samples, x, y)
-            sums[0] += loss * y.shape[0]
+            batches = [self.batch(st, g) for st, g in zip(self.train_streams, gens, strict=True)]
+            loss, correct = self.weight_step(samples, batches)
+            sums[0] += loss
             sums[1] += correct
-            n_train += y.shape[0]
+            n_train += sum(y.shape[0] for _, y in batches)
             if not warm:
-                xa, ya = self.batch(self.valid_stream)
-                loss, correct = self.arch_step(samples, xa, ya)
-                sums[2] += loss * ya.shape[0]
+                batches = [self.batch(st, g) for st, g in zip(self.valid_streams, gens, strict=True)]
+                loss, correct = self.arch_step(samples, batches)
+                sums[2] += loss
                 sums[3] += correct
-                n_valid += ya.shape[0]
+                n_valid += sum(y.shape[0] for _, y in batches)
             if bar is not None:
                 bar.update(1)
         if bar is not None:
             bar.close()
         self.w_sched.step()
-        s = self.reduce_sums(sums).tolist()
+        s = distributed.all_reduce_(sums).tolist()
         n_train *= self.world_size
         n_valid *= self.world_size
         probs = self.net.probabilities(self.sampler)
@@ -331,9 +368,6 @@ class Searcher:
                                  for cell, p in probs.items()},
         }
 
-    def reduce_sums(self, sums: torch.Tensor) -> torch.Tensor:
-        return sums
-
     def max_skip(self):
         return None if self.cfg.max_skip < 0 else self.cfg.max_skip
 
@@ -345,9 +379,11 @@ class Searcher:
             "model": self.net.state_dict(), "w_opt": self.w_opt.state_dict(), "a_opt": self.a_opt.state_dict(),
             "w_sched": self.w_sched.state_dict(), "w_scaler": self.w_scaler.state_dict(),
             "a_scaler": self.a_scaler.state_dict(), "sampler": self.sampler.state_dict(),
-            "train_stream": self.train_stream.state_dict(), "valid_stream": self.valid_stream.state_dict(),
+            "train_streams": [st.state_dict() for st in self.train_streams],
+            "valid_streams": [st.state_dict() for st in self.valid_streams],
+            "sampler_generator": self.sampler_generator.get_state(), "global_step": self.global_step,
             "rng": rng_state(), "stage_genotypes": self.stage_genotypes, "elapsed": self.elapsed,
-            "world_size": self.world_size,
+            "world_size": self.world_size * self.cfg.accumulate,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -364,8 +400,13 @@ class Searcher:
             self.w_scaler.load_state_dict(state["w_scaler"])
             self.a_scaler.load_state_dict(state["a_scaler"])
             self.sampler.load_state_dict(state["sampler"])
-            self.train_stream.load_state_dict(state["train_stream"])
-            self.valid_stream.load_state_dict(state["valid_stream"])
+            saved_shards = len(state["train_streams"])
+            for streams, key in ((self.train_streams, "train_streams"), (self.valid_streams, "valid_streams")):
+                for i, st in enumerate(streams):
+                    # Another process layout: every shard restarts the pass it was in.
+                    st.load_state_dict(state[key][i % saved_shards])
+            self.sampler_generator.set_state(state["sampler_generator"].to(self.sampler_generator.get_state().device))
+            self.global_step = state["global_step"]
             set_rng_state(state["rng"])
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise RunError(f"checkpoint does not fit this run: {type(exc).__name__}: {str(exc)[:200]}") from None
@@ -464,7 +505,8 @@ def _main(args: dict) -> int:
         if state.get("kind") != "search":
             raise RunError(f"{run_path}: checkpoint is not from a search run")
         cfg = cfglib.from_dict(SearchConfig, state["config"])
-        for key in ("device", "workers"):  # where it runs may change; what it computes may not
+        # Where and how wide it runs may change; what it computes may not.
+        for key in ("device", "workers", "dist_timeout", "accumulate"):
             if key in args:
                 setattr(cfg, key, args[key])
         cfg.validate()
@@ -474,22 +516,33 @@ def _main(args: dict) -> int:
         state = None
     if cfg.workers:
         torch.set_num_threads(cfg.workers)
-    device = resolve_device(cfg.device)
+    ctx, device_name = distributed.init(cfg.device, cfg.dist_timeout)
+    try:
+        return _run(cfg, run_path, state, ctx, resolve_device(device_name))
+    finally:
+        distributed.shutdown()
+
+
+def _run(cfg: SearchConfig, run_path: Path, state: dict | None, ctx, device) -> int:
     seed_everything(cfg.seed, cfg.deterministic)
-    run = RunDir(run_path, resume=bool(resume))
+    run = RunDir(run_path, resume=state is not None, enabled=ctx.is_main)  # only rank 0 writes
     cfg.out = str(run_path)
-    cfglib.save_yaml(cfg, run.path / "config.yaml")
-    searcher = Searcher(cfg, run, device)
+    if run.enabled:
+        cfglib.save_yaml(cfg, run.path / "config.yaml")
+    searcher = Searcher(cfg, run, device, rank=ctx.rank, world_size=ctx.world_size)
     if state is not None:
         searcher.load_state_dict(state)
         done = (searcher.stage, searcher.epoch)
         run.truncate_metrics(lambda r: (r["stage"] - 1, r["epoch"]) <= done)
-        run.log(f"resumed {run_path} at stage {searcher.stage + 1}, epoch {searcher.epoch}")
+        run.log(f"resumed {run_path} at stage {searcher.stage + 1}, epoch {searcher.epoch}"
+                + (f" on {ctx.world_size} processes" if ctx.enabled else ""))
     else:
         run.log(f"search: preset {cfg.preset}, sampler {cfg.sampler}, dataset {cfg.dataset}, device {device}, "
-                f"run dir {run_path}")
+                f"run dir {run_path}" + (f", {ctx.world_size} processes ({ctx.backend})" if ctx.enabled else ""))
     genotype = searcher.run(resumed=state is not None)
     write_results(run, searcher, genotype)
+    if ctx.enabled:  # every rank derives the genotype itself: show that they agree
+        print(f"rank {ctx.rank} genotype: {genotype}", flush=True)
     run.log(f"genotype: {genotype}")
     run.log(f"search time {searcher.elapsed:.1f}s; results in {run_path}")
     run.close()

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from fastnas import config as cfglib
+from fastnas import distributed
 from fastnas.config import ConfigError, opt
 from fastnas.data import DATASETS, BatchStream, augment, load_dataset, normalize
 from fastnas.genotype import Genotype, GenotypeError
@@ -75,6 +76,8 @@ class TrainConfig:
     out: str | None = opt(None, "run directory (default runs/train-<time>)")
     max_steps: int = opt(0, "cap on steps per epoch (0: a full pass)")
     export: bool = opt(True, "export the final model (safetensors or state dict, and torch.export)")
+    sync_bn: bool = opt(False, "SyncBatchNorm across processes (GPU runs under torchrun)")
+    dist_timeout: float = opt(300.0, "seconds a collective may wait for the other processes (torchrun)")
 
     def validate(self) -> None:
         if not self.genotype:
@@ -129,6 +132,13 @@ class Trainer:
         self.net = EvalNetwork(genotype, cfg.channels, cfg.layers, self.train_data.num_classes, cfg.auxiliary,
                                0.0).to(device, memory_format=self.memory_format)
         self.model = self.net
+        if world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            if cfg.sync_bn and device.type == "cuda":
+                self.net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
+            ids = [device.index] if device.type == "cuda" else None
+            self.model = DDP(self.net, device_ids=ids)
         self.forward = torch.compile(self.model) if cfg.compile else self.model
         self.opt = torch.optim.SGD(self.net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                    weight_decay=cfg.weight_decay)
@@ -177,7 +187,6 @@ class Trainer:
                     total = total + cfg.auxiliary_weight * F.cross_entropy(aux.float(), labels)
             self.opt.zero_grad(set_to_none=True)
             self.scaler.scale(total).backward()
-            self.after_backward()
             self.scaler.unscale_(self.opt)
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
@@ -195,20 +204,14 @@ class Trainer:
         seconds = time.perf_counter() - t0
         lr = self.opt.param_groups[0]["lr"]
         self.sched.step()
-        s = self.reduce_sums(sums).tolist()
+        s = distributed.all_reduce_(sums).tolist()
         return {"train_loss": s[0] / s[2], "train_acc": s[1] / s[2], "lr": lr,
                 "drop_path": self.net.drop_path_prob, "train_images_per_s": s[2] / seconds, "train_time_s": seconds}
-
-    def after_backward(self) -> None:
-        """Hook for distributed runs."""
-
-    def reduce_sums(self, sums: torch.Tensor) -> torch.Tensor:
-        return sums
 
     def evaluate(self, data=None) -> dict:
         return evaluate_model(self.net, data or self.test_data, self.train_data.mean, self.train_data.std,
                               self.device, max(self.cfg.batch_size, 256), self.amp_dtype, self.memory_format,
-                              self.to_device)
+                              self.to_device, rank=self.rank, world_size=self.world_size)
 
     # ----------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
@@ -264,12 +267,16 @@ class Trainer:
 
 @torch.no_grad()
 def evaluate_model(net, data, mean, std, device, batch_size: int = 256, amp_dtype=None,
-                   memory_format=torch.contiguous_format, to_device=None) -> dict:
-    """Test loss, accuracy and error of `net` on in-memory `data` (normalized with mean/std)."""
+                   memory_format=torch.contiguous_format, to_device=None, rank: int = 0, world_size: int = 1) -> dict:
+    """Test loss, accuracy and error of `net` on in-memory `data` (normalized with mean/std); under
+    torchrun each process takes a contiguous slice and the sums are all-reduced."""
     net.eval()
     total_loss, correct = 0.0, 0
-    for i in range(0, len(data), batch_size):
-        images, labels = data.images[i:i + batch_size], data.labels[i:i + batch_size]
+    per = -(-len(data) // world_size)
+    lo, hi = rank * per, min(len(data), (rank + 1) * per)
+    for i in range(lo, hi, batch_size):
+        i_end = min(hi, i + batch_size)
+        images, labels = data.images[i:i_end], data.labels[i:i_end]
         if to_device is not None:
             images, labels = to_device(images, labels)
         else:
@@ -280,6 +287,8 @@ def evaluate_model(net, data, mean, std, device, batch_size: int = 256, amp_dtyp
             logits = net(x)
         total_loss += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
         correct += int((logits.argmax(1) == labels).sum())
+    sums = distributed.all_reduce_(torch.tensor([total_loss, float(correct)], dtype=torch.float64, device=device))
+    total_loss, correct = float(sums[0]), int(round(float(sums[1])))
     n = max(1, len(data))
     return {"test_loss": total_loss / n, "test_acc": correct / n, "test_error": 1 - correct / n}
 
@@ -352,7 +361,7 @@ def prepare(args: dict) -> tuple[TrainConfig, Path, dict | None]:
         if state.get("kind") != "train":
             raise RunError(f"{run_path}: checkpoint is not from a training run")
         cfg = cfglib.from_dict(TrainConfig, state["config"])
-        for key in ("device", "workers"):
+        for key in ("device", "workers", "dist_timeout"):
             if key in args:
                 setattr(cfg, key, args[key])
         cfg.validate()
@@ -361,19 +370,26 @@ def prepare(args: dict) -> tuple[TrainConfig, Path, dict | None]:
     return cfg, Path(cfg.out) if cfg.out else default_run_dir("train"), None
 
 
-def train(cfg: TrainConfig, run_path: Path, state: dict | None = None, **dist) -> dict:
-    """Run (or resume) a retraining and write its report; returns the report."""
+def train(cfg: TrainConfig, run_path: Path, state: dict | None = None) -> dict:
+    """Run (or resume) a retraining and write its report; returns the report. Under torchrun every
+    process runs this; only rank 0 writes."""
     genotype = resolve_genotype(cfg.genotype) if state is None else Genotype.from_dict(state["genotype"])
     if cfg.workers:
         torch.set_num_threads(cfg.workers)
-    device = resolve_device(cfg.device)
+    ctx, device_name = distributed.init(cfg.device, cfg.dist_timeout)
+    try:
+        return _train(cfg, run_path, state, genotype, ctx, resolve_device(device_name))
+    finally:
+        distributed.shutdown()
+
+
+def _train(cfg: TrainConfig, run_path: Path, state: dict | None, genotype: Genotype, ctx, device) -> dict:
     seed_everything(cfg.seed, cfg.deterministic)
-    run = RunDir(run_path, enabled=dist.get("rank", 0) == 0)
+    run = RunDir(run_path, enabled=ctx.is_main)
     cfg.out = str(run_path)
     if run.enabled:
         cfglib.save_yaml(cfg, run.path / "config.yaml")
-    trainer_cls = dist.pop("trainer_cls", Trainer)
-    trainer = trainer_cls(cfg, run, device, genotype, **dist)
+    trainer = Trainer(cfg, run, device, genotype, rank=ctx.rank, world_size=ctx.world_size)
     report = model_report(trainer.net, cfg.image_size if cfg.dataset == "folder" else 32, device)
     if state is not None:
         trainer.load_state_dict(state)

@@ -1,0 +1,79 @@
+"""torch.distributed plumbing for ``torchrun``: process-group set-up (NCCL on GPUs, gloo on CPU,
+chosen automatically, with a collective timeout), rank/world helpers and reductions.
+
+    torchrun --nproc_per_node=N -m fastnas.search ...            # one machine
+    torchrun --nnodes=2 --node_rank=R --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 \\
+             --nproc_per_node=N -m fastnas.train ...              # several machines
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init(device: str, timeout_s: float = 300.0) -> tuple[DistContext, str]:
+    """Join the process group when started by torchrun; returns the context and the device to use
+    (``cuda:<local rank>`` for GPU runs)."""
+    if not launched_by_torchrun():
+        return DistContext(), device
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    backend = "nccl" if use_cuda else "gloo"
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        device = f"cuda:{local_rank}"
+    elif device == "auto":
+        device = "cpu"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    return DistContext(rank, world, local_rank, backend), device
+
+
+def all_reduce_(t: torch.Tensor, average: bool = False) -> torch.Tensor:
+    """In-place sum (or mean) over all processes; a no-op outside a process group."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+        if average:
+            t.div_(dist.get_world_size())
+    return t
+
+
+def fault_step(rank: int) -> int | None:
+    """Test hook: FASTNAS_FAULT=<rank>:<step> makes that rank die at that step (to check that the
+    others stop with an error instead of hanging)."""
+    spec = os.environ.get("FASTNAS_FAULT")
+    if not spec:
+        return None
+    r, step = spec.split(":")
+    return int(step) if int(r) == rank else None
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
