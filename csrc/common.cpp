@@ -45,6 +45,42 @@ at::Tensor match_layout(const at::Tensor& t, const at::Tensor& ref) {
   return at::empty_like(ref, t.options()).copy_(t);
 }
 
+std::pair<at::Tensor, std::vector<at::Tensor>> prepare_weighted_sum(const at::Tensor& weights,
+                                                                    at::TensorList inputs) {
+  check_weighted_sum_args(weights, inputs, "weighted_sum");
+  at::Tensor out = at::empty_like(inputs[0]);
+  std::vector<at::Tensor> xs;
+  xs.reserve(inputs.size());
+  for (const auto& x : inputs) xs.push_back(match_layout(x, out));
+  return {out, xs};
+}
+
+WeightedSumBackwardOperands prepare_weighted_sum_backward(const at::Tensor& grad_out, const at::Tensor& weights,
+                                                          at::TensorList inputs, std::array<bool, 2> output_mask) {
+  check_weighted_sum_args(weights, inputs, "weighted_sum_backward");
+  TORCH_CHECK(grad_out.sizes() == inputs[0].sizes() && grad_out.scalar_type() == inputs[0].scalar_type() &&
+                  grad_out.device() == inputs[0].device(),
+              "weighted_sum_backward: `grad_out` must match the inputs' shape ", inputs[0].sizes(), ", dtype ",
+              inputs[0].scalar_type(), " and device, got ", grad_out.sizes(), " ", grad_out.scalar_type(), " on ",
+              grad_out.device());
+  WeightedSumBackwardOperands ops;
+  at::Tensor layout = at::empty_like(inputs[0]);
+  ops.grad = match_layout(grad_out, layout);
+  if (output_mask[1])
+    for (const auto& x : inputs) ops.inputs.push_back(match_layout(x, layout));
+  if (output_mask[0])
+    for (size_t k = 0; k < inputs.size(); ++k) ops.grad_inputs.push_back(k == 0 ? layout : at::empty_like(layout));
+  return ops;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gumbel_outputs(const at::Tensor& logits) {
+  at::Tensor weights = at::empty_like(logits, at::MemoryFormat::Contiguous);
+  auto index_sizes = logits.sizes().vec();
+  index_sizes.pop_back();
+  at::Tensor index = at::empty(index_sizes, logits.options().dtype(at::kLong));
+  return {weights, index, at::empty_like(weights)};
+}
+
 void check_gumbel_args(const at::Tensor& logits, double tau, const std::optional<at::Tensor>& noise,
                        const char* op) {
   TORCH_CHECK(is_supported_float(logits.scalar_type()), op,

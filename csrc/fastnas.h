@@ -6,6 +6,7 @@
 #include <c10/util/ArrayRef.h>
 
 #include <array>
+#include <utility>
 #include <tuple>
 #include <vector>
 
@@ -19,10 +20,28 @@ void check_weighted_sum_args(const at::Tensor& weights, at::TensorList inputs, c
 // in that layout. The kernels then walk all operands linearly in one shared element order.
 at::Tensor match_layout(const at::Tensor& t, const at::Tensor& ref);
 
+// Checks weighted_sum's arguments; returns the output (the inputs' memory format: empty_like keeps dense
+// strides such as channels_last) and the inputs in that same layout.
+std::pair<at::Tensor, std::vector<at::Tensor>> prepare_weighted_sum(const at::Tensor& weights,
+                                                                    at::TensorList inputs);
+
+// Operands of one weighted_sum backward pass, all in one layout: grad_out, the inputs (only when the
+// weight gradient is wanted) and the freshly allocated input gradients (only when wanted).
+struct WeightedSumBackwardOperands {
+  at::Tensor grad;
+  std::vector<at::Tensor> inputs;
+  std::vector<at::Tensor> grad_inputs;
+};
+WeightedSumBackwardOperands prepare_weighted_sum_backward(const at::Tensor& grad_out, const at::Tensor& weights,
+                                                          at::TensorList inputs, std::array<bool, 2> output_mask);
+
 // gumbel_softmax(logits[..., K], tau, hard, noise): floating logits with K >= 1, tau > 0, noise (if
 // given) of the logits' shape and device.
 void check_gumbel_args(const at::Tensor& logits, double tau, const std::optional<at::Tensor>& noise,
                        const char* op);
+
+// Outputs of gumbel_softmax for contiguous `logits`: (weights, index, soft).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gumbel_outputs(const at::Tensor& logits);
 
 // Kernel entry points, one per op and device (registered in the TORCH_LIBRARY_IMPL blocks).
 at::Tensor weighted_sum_cpu(const at::Tensor& weights, at::TensorList inputs);

@@ -103,6 +103,30 @@ def _coerce(cls, name: str, value):
     return one(value)
 
 
+def make_parser(prog: str, description: str, cls) -> OneLineErrorParser:
+    """The parser of a run CLI: --config FILE.yaml, --resume DIR, and one option per field of `cls`."""
+    parser = OneLineErrorParser(prog=prog, description=description + " Options come from --preset, then "
+                                "--config FILE.yaml, then the command line.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", default=argparse.SUPPRESS, metavar="FILE.yaml",
+                        help="YAML file of options (any option below, by its name)")
+    parser.add_argument("--resume", default=argparse.SUPPRESS, metavar="DIR",
+                        help="continue the killed run in DIR (its saved config is used)")
+    add_arguments(parser, cls)
+    return parser
+
+
+def config_for_resume(cls, saved: dict, cli: dict, keys: tuple[str, ...]):
+    """The saved config of a run being resumed; of the command line only `keys` (where and how wide it
+    runs) may change it, since what it computes may not."""
+    cfg = from_dict(cls, saved)
+    for key in keys:
+        if key in cli:
+            setattr(cfg, key, cli[key])
+    cfg.validate()
+    return cfg
+
+
 def load_yaml(path: str | Path) -> dict:
     """Options from a YAML mapping file."""
     p = Path(path)
@@ -147,5 +171,7 @@ def from_dict(cls, d: dict):
     return cls(**{k: v for k, v in d.items() if k in names})
 
 
-__all__ = ["ConfigError", "OneLineErrorParser", "opt", "add_arguments", "build_config", "load_yaml", "save_yaml",
-           "to_dict", "from_dict", "dataclass"]
+__all__ = [
+    "ConfigError", "OneLineErrorParser", "make_parser", "config_for_resume", "opt", "add_arguments", "build_config",
+    "load_yaml", "save_yaml", "to_dict", "from_dict", "dataclass",
+]

@@ -17,7 +17,7 @@ from fastnas import config as cfglib
 from fastnas.data import DATASETS, load_dataset
 from fastnas.genotype import Genotype
 from fastnas.network import EvalNetwork
-from fastnas.runs import RunError, guarded, load_checkpoint, resolve_device
+from fastnas.runs import RunError, cli_main, load_checkpoint, resolve_device
 from fastnas.train import TrainConfig, evaluate_model, resolve_genotype
 
 
@@ -76,11 +76,7 @@ def _main(args) -> int:
 
 
 def main(argv=None) -> int:
-    try:
-        args = parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return guarded(_main, args)
+    return cli_main(parse_args, _main, argv)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pathlib import Path
 from fastnas import config as cfglib
 from fastnas import search, train
 from fastnas.data import DATASETS
-from fastnas.runs import RunDir, RunError, default_run_dir, guarded
+from fastnas.runs import RunDir, RunError, cli_main, default_run_dir
 
 PRESETS = {"smoke": ("smoke", "smoke"), "full": ("pdarts", "darts"), "patent": ("patent", "darts")}
 
@@ -101,11 +101,7 @@ def _main(args) -> int:
 
 
 def main(argv=None) -> int:
-    try:
-        args = parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return guarded(_main, args)
+    return cli_main(parse_args, _main, argv)
 
 
 if __name__ == "__main__":

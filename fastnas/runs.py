@@ -201,6 +201,15 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def cli_main(parse_args, body, argv=None) -> int:
+    """Entry point of every CLI: parse (``--help`` -> 0, usage error -> 2), then run `body` guarded."""
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return guarded(body, args)
+
+
 def guarded(body, *args) -> int:
     """Run a CLI body: bad input (config, data, genotype, run dir, checkpoint) becomes one `error:`
     line on stderr and exit code 2, never a traceback."""

@@ -13,7 +13,6 @@ Every epoch is checkpointed atomically; ``--resume DIR`` continues a killed run,
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -34,8 +33,8 @@ from fastnas.primitives import PRIMITIVES, is_primitive
 from fastnas.runs import (
     RunDir,
     RunError,
+    cli_main,
     default_run_dir,
-    guarded,
     is_terminal,
     load_checkpoint,
     resolve_device,
@@ -475,26 +474,13 @@ def write_results(run: RunDir, searcher: Searcher, genotype: Genotype) -> None:
 
 
 def parse_args(argv=None):
-    parser = cfglib.OneLineErrorParser(
-        prog="python -m fastnas.search",
-        description="Progressive sampled architecture search (three stages by default). "
-                    "Options come from --preset, then --config FILE.yaml, then the command line.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--config", default=argparse.SUPPRESS, metavar="FILE.yaml",
-                        help="YAML file of options (any option below, by its name)")
-    parser.add_argument("--resume", default=argparse.SUPPRESS, metavar="DIR",
-                        help="continue the killed run in DIR (its saved config is used)")
-    cfglib.add_arguments(parser, SearchConfig)
+    parser = cfglib.make_parser("python -m fastnas.search", "Progressive sampled architecture search (three "
+                                "stages by default).", SearchConfig)
     return vars(parser.parse_args(argv))
 
 
 def main(argv=None) -> int:
-    try:
-        args = parse_args(argv)
-    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
-        return int(exc.code or 0)
-    return guarded(_main, args)
+    return cli_main(parse_args, _main, argv)
 
 
 def _main(args: dict) -> int:
@@ -504,12 +490,8 @@ def _main(args: dict) -> int:
         state = load_checkpoint(run_path / "checkpoint.pt")
         if state.get("kind") != "search":
             raise RunError(f"{run_path}: checkpoint is not from a search run")
-        cfg = cfglib.from_dict(SearchConfig, state["config"])
-        # Where and how wide it runs may change; what it computes may not.
-        for key in ("device", "workers", "dist_timeout", "accumulate"):
-            if key in args:
-                setattr(cfg, key, args[key])
-        cfg.validate()
+        cfg = cfglib.config_for_resume(SearchConfig, state["config"], args,
+                                       ("device", "workers", "dist_timeout", "accumulate"))
     else:
         cfg = cfglib.build_config(SearchConfig, PRESETS, args, "pdarts")
         run_path = Path(cfg.out) if cfg.out else default_run_dir("search")

@@ -9,7 +9,6 @@ error; the best epoch is reported too, labelled as such.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from contextlib import nullcontext
@@ -28,8 +27,8 @@ from fastnas.network import EvalNetwork
 from fastnas.runs import (
     RunDir,
     RunError,
+    cli_main,
     default_run_dir,
-    guarded,
     is_terminal,
     load_checkpoint,
     resolve_device,
@@ -331,25 +330,13 @@ def export_model(run: RunDir, net: EvalNetwork, image_size: int, device) -> list
 
 
 def parse_args(argv=None):
-    parser = cfglib.OneLineErrorParser(
-        prog="python -m fastnas.train",
-        description="Retrain a genotype from scratch and report its test error. Options come from --preset, "
-                    "then --config FILE.yaml, then the command line.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--config", default=argparse.SUPPRESS, metavar="FILE.yaml", help="YAML file of options")
-    parser.add_argument("--resume", default=argparse.SUPPRESS, metavar="DIR",
-                        help="continue the killed run in DIR (its saved config is used)")
-    cfglib.add_arguments(parser, TrainConfig)
+    parser = cfglib.make_parser("python -m fastnas.train", "Retrain a genotype from scratch and report its test "
+                                "error.", TrainConfig)
     return vars(parser.parse_args(argv))
 
 
 def main(argv=None) -> int:
-    try:
-        args = parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return guarded(_main, args)
+    return cli_main(parse_args, _main, argv)
 
 
 def prepare(args: dict) -> tuple[TrainConfig, Path, dict | None]:
@@ -360,11 +347,7 @@ def prepare(args: dict) -> tuple[TrainConfig, Path, dict | None]:
         state = load_checkpoint(run_path / "last.pt")
         if state.get("kind") != "train":
             raise RunError(f"{run_path}: checkpoint is not from a training run")
-        cfg = cfglib.from_dict(TrainConfig, state["config"])
-        for key in ("device", "workers", "dist_timeout"):
-            if key in args:
-                setattr(cfg, key, args[key])
-        cfg.validate()
+        cfg = cfglib.config_for_resume(TrainConfig, state["config"], args, ("device", "workers", "dist_timeout"))
         return cfg, run_path, state
     cfg = cfglib.build_config(TrainConfig, PRESETS, args, "darts")
     return cfg, Path(cfg.out) if cfg.out else default_run_dir("train"), None

@@ -112,56 +112,37 @@ void backward_kernel(const scalar_t* grad, const std::vector<const scalar_t*>& x
 }  // namespace
 
 at::Tensor weighted_sum_cpu(const at::Tensor& weights, at::TensorList inputs) {
-  check_weighted_sum_args(weights, inputs, "weighted_sum");
-  // The output keeps the inputs' memory format (empty_like preserves dense strides, e.g.
-  // channels_last); every input is walked in that same element order.
-  at::Tensor out = at::empty_like(inputs[0]);
-  std::vector<at::Tensor> xs;
-  xs.reserve(inputs.size());
-  for (const auto& x : inputs) xs.push_back(match_layout(x, out));
+  auto [out, xs] = prepare_weighted_sum(weights, inputs);
   const int64_t n = out.numel();
   if (n == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "weighted_sum_cpu",
-                                  [&] {
-                                    std::vector<const scalar_t*> ptrs;
-                                    for (const auto& x : xs) ptrs.push_back(x.const_data_ptr<scalar_t>());
-                                    forward_kernel<scalar_t>(ptrs, weights, out.data_ptr<scalar_t>(), n);
-                                  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "weighted_sum_cpu", [&] {
+    std::vector<const scalar_t*> ptrs;
+    for (const auto& x : xs) ptrs.push_back(x.const_data_ptr<scalar_t>());
+    forward_kernel<scalar_t>(ptrs, weights, out.data_ptr<scalar_t>(), n);
+  });
   return out;
 }
 
 std::tuple<std::vector<at::Tensor>, at::Tensor> weighted_sum_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& weights, at::TensorList inputs,
     std::array<bool, 2> output_mask) {
-  check_weighted_sum_args(weights, inputs, "weighted_sum_backward");
-  TORCH_CHECK(grad_out.sizes() == inputs[0].sizes() && grad_out.scalar_type() == inputs[0].scalar_type(),
-              "weighted_sum_backward: `grad_out` must match the inputs' shape ", inputs[0].sizes(),
-              " and dtype ", inputs[0].scalar_type(), ", got ", grad_out.sizes(), " ",
-              grad_out.scalar_type());
+  auto ops = prepare_weighted_sum_backward(grad_out, weights, inputs, output_mask);
   const bool need_x = output_mask[0], need_w = output_mask[1];
   const int64_t K = static_cast<int64_t>(inputs.size());
-  at::Tensor layout = at::empty_like(inputs[0]);
-  at::Tensor g = match_layout(grad_out, layout);
-  std::vector<at::Tensor> xs, gxs;
-  if (need_w)
-    for (const auto& x : inputs) xs.push_back(match_layout(x, layout));
-  if (need_x)
-    for (int64_t k = 0; k < K; ++k) gxs.push_back(k == 0 ? layout : at::empty_like(layout));
   at::Tensor grad_w64 = at::zeros({K}, weights.options().dtype(at::kDouble));
-  const int64_t n = layout.numel();
+  const int64_t n = ops.grad.numel();
   if (n > 0 && (need_x || need_w)) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(),
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ops.grad.scalar_type(),
                                     "weighted_sum_backward_cpu", [&] {
-      std::vector<const scalar_t*> xp;
+      std::vector<const scalar_t*> xp(K, nullptr);
       std::vector<scalar_t*> gp;
-      for (const auto& x : xs) xp.push_back(x.const_data_ptr<scalar_t>());
-      if (!need_w) xp.assign(K, nullptr);
-      for (auto& t : gxs) gp.push_back(t.data_ptr<scalar_t>());
-      backward_kernel<scalar_t>(g.const_data_ptr<scalar_t>(), xp, weights, gp,
+      for (size_t k = 0; k < ops.inputs.size(); ++k) xp[k] = ops.inputs[k].const_data_ptr<scalar_t>();
+      for (auto& t : ops.grad_inputs) gp.push_back(t.data_ptr<scalar_t>());
+      backward_kernel<scalar_t>(ops.grad.const_data_ptr<scalar_t>(), xp, weights, gp,
                                 grad_w64.data_ptr<double>(), n, need_x, need_w);
     });
   }
-  return {gxs, grad_w64.to(weights.scalar_type())};
+  return {ops.grad_inputs, grad_w64.to(weights.scalar_type())};
 }
 
 TORCH_LIBRARY_IMPL(fastnas, CPU, m) {

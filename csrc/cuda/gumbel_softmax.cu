@@ -61,11 +61,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gumbel_softmax_cuda(
   const at::Tensor logits = logits_in.contiguous();
   const int64_t K = logits.size(-1);
   const int64_t rows = logits.numel() / K;
-  at::Tensor weights = at::empty_like(logits, at::MemoryFormat::Contiguous);
-  at::Tensor soft = at::empty_like(weights);
-  auto index_sizes = logits.sizes().vec();
-  index_sizes.pop_back();
-  at::Tensor index = at::empty(index_sizes, logits.options().dtype(at::kLong));
+  auto [weights, index, soft] = gumbel_outputs(logits);
   if (rows == 0) return {weights, index, soft};
 
   at::PhiloxCudaState rng;

@@ -103,11 +103,8 @@ __global__ void backward_kernel(const scalar_t* __restrict__ g, Pointers<scalar_
 }  // namespace
 
 at::Tensor weighted_sum_cuda(const at::Tensor& weights, at::TensorList inputs) {
-  check_weighted_sum_args(weights, inputs, "weighted_sum");
-  c10::cuda::CUDAGuard guard(inputs[0].device());
-  at::Tensor out = at::empty_like(inputs[0]);
-  std::vector<at::Tensor> xs;
-  for (const auto& x : inputs) xs.push_back(match_layout(x, out));
+  c10::cuda::CUDAGuard guard(inputs.empty() ? weights.device() : inputs[0].device());
+  auto [out, xs] = prepare_weighted_sum(weights, inputs);
   const at::Tensor w = weights.contiguous();
   const int64_t n = out.numel();
   if (n == 0) return out;
@@ -135,50 +132,20 @@ at::Tensor weighted_sum_cuda(const at::Tensor& weights, at::TensorList inputs) {
 std::tuple<std::vector<at::Tensor>, at::Tensor> weighted_sum_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& weights, at::TensorList inputs,
     std::array<bool, 2> output_mask) {
-  check_weighted_sum_args(weights, inputs, "weighted_sum_backward");
-  TORCH_CHECK(grad_out.sizes() == inputs[0].sizes() && grad_out.scalar_type() == inputs[0].scalar_type()
-                  && grad_out.device() == inputs[0].device(),
-              "weighted_sum_backward: `grad_out` must match the inputs' shape ", inputs[0].sizes(),
-              ", dtype and device, got ", grad_out.sizes(), " ", grad_out.scalar_type());
-  c10::cuda::CUDAGuard guard(inputs[0].device());
+  c10::cuda::CUDAGuard guard(inputs.empty() ? weights.device() : inputs[0].device());
+  auto ops = prepare_weighted_sum_backward(grad_out, weights, inputs, output_mask);
   const bool need_x = output_mask[0], need_w = output_mask[1];
   const int K = static_cast<int>(inputs.size());
-  at::Tensor layout = at::empty_like(inputs[0]);
-  at::Tensor g = match_layout(grad_out, layout);
-  std::vector<at::Tensor> xs, gxs;
-  if (need_w)
-    for (const auto& x : inputs) xs.push_back(match_layout(x, layout));
-  if (need_x)
-    for (int k = 0; k < K; ++k) gxs.push_back(k == 0 ? layout : at::empty_like(layout));
+  const at::Tensor& g = ops.grad;
+  const std::vector<at::Tensor>& xs = ops.inputs;
+  std::vector<at::Tensor>& gxs = ops.grad_inputs;
   const at::Tensor w = weights.contiguous();
-  const int64_t n = layout.numel();
-  if (n == 0 || !need_w) {
-    at::Tensor gw = at::zeros({K}, weights.options());
-    if (n > 0 && need_x) {
-      // Weight gradient not wanted: the same kernel writes only the input gradients.
-      auto stream = c10::cuda::getCurrentCUDAStream();
-      const int64_t blocks = grid_for(n, layout.get_device());
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(),
-                                      "weighted_sum_backward_cuda", [&] {
-        auto launch = [&](auto* wp) {
-          for (int k0 = 0; k0 < K; k0 += kMaxK) {
-            Pointers<scalar_t> p{};
-            const int kn = std::min(kMaxK, K - k0);
-            for (int k = 0; k < kn; ++k) p.gx[k] = gxs[k0 + k].data_ptr<scalar_t>();
-            backward_kernel<<<blocks, kThreads, 0, stream>>>(g.const_data_ptr<scalar_t>(), p, wp, k0,
-                                                             kn, n, true, false, nullptr, K);
-            C10_CUDA_KERNEL_LAUNCH_CHECK();
-          }
-        };
-        if (w.scalar_type() == g.scalar_type()) launch(w.const_data_ptr<scalar_t>());
-        else launch(w.const_data_ptr<float>());
-      });
-    }
-    return {gxs, gw};
-  }
+  const int64_t n = g.numel();
+  if (n == 0 || !(need_x || need_w)) return {gxs, at::zeros({K}, weights.options())};
   auto stream = c10::cuda::getCurrentCUDAStream();
-  const int64_t blocks = grid_for(n, layout.get_device());
-  at::Tensor partial = at::empty({blocks, K}, layout.options().dtype(at::kFloat));
+  const int64_t blocks = grid_for(n, g.get_device());
+  // Per-block partial sums of the weight gradient, reduced below (only when it is wanted).
+  at::Tensor partial = need_w ? at::empty({blocks, K}, g.options().dtype(at::kFloat)) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(),
                                   "weighted_sum_backward_cuda", [&] {
     auto launch = [&](auto* wp) {
@@ -186,12 +153,12 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> weighted_sum_backward_cuda(
         Pointers<scalar_t> p{};
         const int kn = std::min(kMaxK, K - k0);
         for (int k = 0; k < kn; ++k) {
-          p.x[k] = xs[k0 + k].const_data_ptr<scalar_t>();
+          if (need_w) p.x[k] = xs[k0 + k].const_data_ptr<scalar_t>();
           if (need_x) p.gx[k] = gxs[k0 + k].data_ptr<scalar_t>();
         }
-        backward_kernel<<<blocks, kThreads, 0, stream>>>(g.const_data_ptr<scalar_t>(), p, wp, k0, kn,
-                                                         n, need_x, true,
-                                                         partial.data_ptr<float>(), K);
+        backward_kernel<<<blocks, kThreads, 0, stream>>>(g.const_data_ptr<scalar_t>(), p, wp, k0, kn, n,
+                                                         need_x, need_w,
+                                                         need_w ? partial.data_ptr<float>() : nullptr, K);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
     };
@@ -199,7 +166,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> weighted_sum_backward_cuda(
     else launch(w.const_data_ptr<float>());
   });
   // Fixed-order reduction over blocks: deterministic run to run.
-  at::Tensor gw = partial.sum(0, /*keepdim=*/false, weights.scalar_type());
+  at::Tensor gw = need_w ? partial.sum(0, /*keepdim=*/false, weights.scalar_type()) : at::zeros({K}, weights.options());
   return {gxs, gw};
 }
 
