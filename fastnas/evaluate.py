@@ -11,13 +11,11 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 from fastnas import config as cfglib
 from fastnas.data import DATASETS, load_dataset
 from fastnas.genotype import Genotype
 from fastnas.network import EvalNetwork
-from fastnas.runs import RunError, cli_main, load_checkpoint, resolve_device
+from fastnas.runs import AMP_DTYPES, RunError, cli_main, load_checkpoint, resolve_device
 from fastnas.train import TrainConfig, evaluate_model, resolve_genotype
 
 
@@ -59,8 +57,7 @@ def evaluate_checkpoint(args) -> dict:
     except RuntimeError as exc:
         raise RunError(f"checkpoint weights do not fit the genotype's network: {str(exc).splitlines()[0]}") from None
     mean, std = state.get("normalization", (data.mean, data.std))
-    amp = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
-    result = evaluate_model(net, data, mean, std, device, args.batch_size, amp)
+    result = evaluate_model(net, data, mean, std, device, args.batch_size, AMP_DTYPES[args.amp])
     result.update(checkpoint=str(path), epoch=state.get("epoch"), dataset=dataset, split=args.split,
                   images=len(data), genotype=str(genotype))
     return result

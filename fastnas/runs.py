@@ -164,6 +164,39 @@ def is_terminal() -> bool:
     return sys.stderr.isatty()
 
 
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(total: int, desc: str, enabled: bool = True):
+    """A tqdm bar in a terminal (when tqdm is installed and `enabled`), else a silent stand-in: the
+    per-epoch log line is the progress report then."""
+    if enabled and is_terminal():
+        try:
+            from tqdm import tqdm
+
+            return tqdm(total=total, desc=desc, leave=False)
+        except ImportError:
+            pass
+    return _NoBar()
+
+
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def amp_context(device: torch.device, dtype: torch.dtype | None):
+    """torch.autocast for `dtype` on `device`, or a no-op context when mixed precision is off."""
+    if dtype is None:
+        from contextlib import nullcontext
+
+        return nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -31,12 +31,14 @@ from fastnas.data import DATASETS, BatchStream, augment, load_dataset, normalize
 from fastnas.genotype import Genotype
 from fastnas.primitives import PRIMITIVES, is_primitive
 from fastnas.runs import (
+    AMP_DTYPES,
     RunDir,
     RunError,
+    amp_context,
     cli_main,
     default_run_dir,
-    is_terminal,
     load_checkpoint,
+    progress_bar,
     resolve_device,
     rng_state,
     seed_everything,
@@ -186,7 +188,7 @@ class Searcher:
     def __init__(self, cfg: SearchConfig, run: RunDir, device: torch.device, *, rank: int = 0, world_size: int = 1):
         self.cfg, self.run_dir, self.device = cfg, run, device
         self.rank, self.world_size = rank, world_size
-        self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
+        self.amp_dtype = AMP_DTYPES[cfg.amp]
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         full = load_dataset(cfg.dataset, cfg.data_dir, train=True, download=cfg.download,
                             embedded_size=cfg.embedded_size, image_size=cfg.image_size, seed=cfg.seed)
@@ -240,9 +242,7 @@ class Searcher:
         self.a_scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
 
     def autocast(self):
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return amp_context(self.device, self.amp_dtype)
 
     def batch(self, stream: BatchStream, generator: torch.Generator):
         images, labels = stream.next()
@@ -323,14 +323,7 @@ class Searcher:
         gens = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + stage * 10_007 + epoch * 101 + r)
                 for r in self.shards]
         t0 = time.perf_counter()
-        bar = None
-        if is_terminal() and self.rank == 0:
-            try:
-                from tqdm import tqdm
-
-                bar = tqdm(total=steps, desc=f"stage {stage + 1} epoch {epoch + 1}", leave=False)
-            except ImportError:
-                bar = None
+        bar = progress_bar(steps, f"stage {stage + 1} epoch {epoch + 1}", enabled=self.rank == 0)
         for _ in range(steps):
             self.global_step += 1
             if self.fault_step is not None and self.global_step >= self.fault_step:
@@ -347,10 +340,8 @@ class Searcher:
                 sums[2] += loss
                 sums[3] += correct
                 n_valid += sum(y.shape[0] for _, y in batches)
-            if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
+            bar.update(1)
+        bar.close()
         self.w_sched.step()
         s = distributed.all_reduce_(sums).tolist()
         n_train *= self.world_size

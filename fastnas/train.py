@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,12 +24,14 @@ from fastnas.data import DATASETS, BatchStream, augment, load_dataset, normalize
 from fastnas.genotype import Genotype, GenotypeError
 from fastnas.network import EvalNetwork
 from fastnas.runs import (
+    AMP_DTYPES,
     RunDir,
     RunError,
+    amp_context,
     cli_main,
     default_run_dir,
-    is_terminal,
     load_checkpoint,
+    progress_bar,
     resolve_device,
     rng_state,
     seed_everything,
@@ -121,7 +122,7 @@ class Trainer:
                  rank: int = 0, world_size: int = 1):
         self.cfg, self.run_dir, self.device, self.genotype = cfg, run, device, genotype
         self.rank, self.world_size = rank, world_size
-        self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
+        self.amp_dtype = AMP_DTYPES[cfg.amp]
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         kw = dict(download=cfg.download, embedded_size=cfg.embedded_size, image_size=cfg.image_size, seed=cfg.seed)
         self.train_data = load_dataset(cfg.dataset, cfg.data_dir, train=True, **kw)
@@ -148,9 +149,7 @@ class Trainer:
         self.elapsed = 0.0
 
     def autocast(self):
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return amp_context(self.device, self.amp_dtype)
 
     def to_device(self, images, labels):
         if self.device.type == "cuda" and self.cfg.pin_memory:
@@ -165,14 +164,7 @@ class Trainer:
         if cfg.max_steps:
             steps = min(steps, cfg.max_steps)
         sums = torch.zeros(3, device=self.device)  # loss * n, correct, n
-        bar = None
-        if is_terminal() and self.rank == 0:
-            try:
-                from tqdm import tqdm
-
-                bar = tqdm(total=steps, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False)
-            except ImportError:
-                bar = None
+        bar = progress_bar(steps, f"epoch {self.epoch + 1}/{cfg.epochs}", enabled=self.rank == 0)
         t0 = time.perf_counter()
         for _ in range(steps):
             images, labels = self.to_device(*self.stream.next())
@@ -194,10 +186,8 @@ class Trainer:
             n = labels.shape[0]
             sums += torch.stack([loss.detach() * n, (logits.argmax(1) == labels).sum().float(),
                                  torch.tensor(float(n), device=self.device)])
-            if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
+            bar.update(1)
+        bar.close()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - t0
@@ -281,8 +271,7 @@ def evaluate_model(net, data, mean, std, device, batch_size: int = 256, amp_dtyp
         else:
             images, labels = images.to(device), labels.to(device)
         x = normalize(images, mean, std, memory_format=memory_format)
-        ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-        with ctx:
+        with amp_context(device, amp_dtype):
             logits = net(x)
         total_loss += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
         correct += int((logits.argmax(1) == labels).sum())
