@@ -17,19 +17,25 @@ namespace cpu {
 
 constexpr int kLanes = 32;
 
+#if defined(__GNUC__)
+#define FASTNAS_INLINE inline __attribute__((always_inline))
+#else
+#define FASTNAS_INLINE inline
+#endif
+
 // out[i] = w * x[i]
 template <typename T>
-inline void tile_scale(T* out, const T* x, T w, int64_t n) {
+FASTNAS_INLINE void tile_scale(T* out, const T* x, T w, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = w * x[i];
 }
 // acc[i] += w * x[i]
 template <typename T>
-inline void tile_axpy(T* acc, const T* x, T w, int64_t n) {
+FASTNAS_INLINE void tile_axpy(T* acc, const T* x, T w, int64_t n) {
   for (int64_t i = 0; i < n; ++i) acc[i] += w * x[i];
 }
 // sum_i a[i] * b[i], in kLanes independent partial sums
 template <typename T>
-inline T tile_dot(const T* a, const T* b, int64_t n) {
+FASTNAS_INLINE T tile_dot(const T* a, const T* b, int64_t n) {
   T lanes[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes)
@@ -42,7 +48,7 @@ inline T tile_dot(const T* a, const T* b, int64_t n) {
 
 // out[i] = w * g[i]; returns sum_i g[i] * x[i] (one pass over g for both backward products)
 template <typename T>
-inline T tile_scale_dot(T* out, const T* g, const T* x, T w, int64_t n) {
+FASTNAS_INLINE T tile_scale_dot(T* out, const T* g, const T* x, T w, int64_t n) {
   T lanes[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes)
