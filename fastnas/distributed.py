@@ -74,6 +74,12 @@ def fault_step(rank: int) -> int | None:
     return int(step) if int(r) == rank else None
 
 
+def barrier() -> None:
+    """Wait for every process (a no-op outside a process group)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

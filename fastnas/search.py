@@ -491,7 +491,10 @@ def _main(args: dict) -> int:
         torch.set_num_threads(cfg.workers)
     ctx, device_name = distributed.init(cfg.device, cfg.dist_timeout)
     try:
-        return _run(cfg, run_path, state, ctx, resolve_device(device_name))
+        code = _run(cfg, run_path, state, ctx, resolve_device(device_name))
+        # Leave together: a process tearing its group down while rank 0 still writes can abort gloo.
+        distributed.barrier()
+        return code
     finally:
         distributed.shutdown()
 

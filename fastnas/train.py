@@ -350,7 +350,10 @@ def train(cfg: TrainConfig, run_path: Path, state: dict | None = None) -> dict:
         torch.set_num_threads(cfg.workers)
     ctx, device_name = distributed.init(cfg.device, cfg.dist_timeout)
     try:
-        return _train(cfg, run_path, state, genotype, ctx, resolve_device(device_name))
+        result = _train(cfg, run_path, state, genotype, ctx, resolve_device(device_name))
+        # Leave together: a process tearing its group down while rank 0 still writes can abort gloo.
+        distributed.barrier()
+        return result
     finally:
         distributed.shutdown()
 
