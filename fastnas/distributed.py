@@ -22,6 +22,7 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     backend: str | None = None
+    owns_group: bool = False  # created by this init (and so destroyed by its shutdown)
 
     @property
     def enabled(self) -> bool:
@@ -38,7 +39,8 @@ def launched_by_torchrun() -> bool:
 
 def init(device: str, timeout_s: float = 300.0) -> tuple[DistContext, str]:
     """Join the process group when started by torchrun; returns the context and the device to use
-    (``cuda:<local rank>`` for GPU runs)."""
+    (``cuda:<local rank>`` for GPU runs). A group that already exists (the pipeline runs the search and
+    the retraining in one group) is reused and left for its creator to destroy."""
     if not launched_by_torchrun():
         return DistContext(), device
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -50,9 +52,10 @@ def init(device: str, timeout_s: float = 300.0) -> tuple[DistContext, str]:
         device = f"cuda:{local_rank}"
     elif device == "auto":
         device = "cpu"
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
-    return DistContext(rank, world, local_rank, backend), device
+    return DistContext(rank, world, local_rank, backend, owns), device
 
 
 def all_reduce_(t: torch.Tensor, average: bool = False) -> torch.Tensor:
@@ -74,12 +77,22 @@ def fault_step(rank: int) -> int | None:
     return int(step) if int(r) == rank else None
 
 
+def broadcast_object(obj):
+    """Rank 0's `obj` on every process (e.g. a run directory named after the time)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return obj
+
+
 def barrier() -> None:
     """Wait for every process (a no-op outside a process group)."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
 
 
-def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
+def shutdown(ctx: DistContext) -> None:
+    """Destroy the process group if `ctx` created it."""
+    if ctx.owns_group and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from fastnas import config as cfglib
-from fastnas import search, train
+from fastnas import distributed, search, train
 from fastnas.data import DATASETS
 from fastnas.runs import RunDir, RunError, cli_main, default_run_dir
 
@@ -38,8 +38,19 @@ def parse_args(argv=None):
 
 
 def _main(args) -> int:
-    out = Path(args.resume or args.out or default_run_dir("pipeline"))
-    run = RunDir(out)
+    # Under torchrun one process group serves both the search and the retraining.
+    ctx, _ = distributed.init(args.device or "auto")
+    try:
+        code = _pipeline(args, ctx)
+        distributed.barrier()
+        return code
+    finally:
+        distributed.shutdown(ctx)
+
+
+def _pipeline(args, ctx) -> int:
+    out = Path(distributed.broadcast_object(str(args.resume or args.out or default_run_dir("pipeline"))))
+    run = RunDir(out, enabled=ctx.is_main)
     search_dir, train_dir = out / "search", out / "train"
     search_preset, train_preset = PRESETS[args.preset]
     common = []

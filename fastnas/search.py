@@ -490,13 +490,14 @@ def _main(args: dict) -> int:
     if cfg.workers:
         torch.set_num_threads(cfg.workers)
     ctx, device_name = distributed.init(cfg.device, cfg.dist_timeout)
+    run_path = Path(distributed.broadcast_object(str(run_path)))  # one run directory for all ranks
     try:
         code = _run(cfg, run_path, state, ctx, resolve_device(device_name))
         # Leave together: a process tearing its group down while rank 0 still writes can abort gloo.
         distributed.barrier()
         return code
     finally:
-        distributed.shutdown()
+        distributed.shutdown(ctx)
 
 
 def _run(cfg: SearchConfig, run_path: Path, state: dict | None, ctx, device) -> int:

@@ -349,13 +349,14 @@ def train(cfg: TrainConfig, run_path: Path, state: dict | None = None) -> dict:
     if cfg.workers:
         torch.set_num_threads(cfg.workers)
     ctx, device_name = distributed.init(cfg.device, cfg.dist_timeout)
+    run_path = Path(distributed.broadcast_object(str(run_path)))  # one run directory for all ranks
     try:
         result = _train(cfg, run_path, state, genotype, ctx, resolve_device(device_name))
         # Leave together: a process tearing its group down while rank 0 still writes can abort gloo.
         distributed.barrier()
         return result
     finally:
-        distributed.shutdown()
+        distributed.shutdown(ctx)
 
 
 def _train(cfg: TrainConfig, run_path: Path, state: dict | None, genotype: Genotype, ctx, device) -> dict:

@@ -115,3 +115,17 @@ def test_a_dying_rank_stops_the_other_with_an_error(tmp_path):
     assert procs[0].returncode == 1, outs[0][1][-2000:]
     err = outs[0][1].strip().splitlines()
     assert err and err[-1].startswith("error: distributed run failed on rank 0"), err[-3:]
+
+
+def test_two_process_pipeline_shares_one_process_group(tmp_path):
+    search_cfg = tmp_path / "search.yaml"
+    search_cfg.write_text("embedded_size: 256\nepochs: [1, 1, 1]\nwarmup_epochs: [0, 0, 0]\n")
+    train_cfg = tmp_path / "train.yaml"
+    train_cfg.write_text("channels: 4\nlayers: 3\nembedded_size: 320\nepochs: 1\nexport: false\n")
+    out = tmp_path / "pipe"
+    r = torchrun(2, "fastnas.pipeline", ["--preset", "smoke", "--search-config", str(search_cfg),
+                                         "--train-config", str(train_cfg), "--out", str(out)])
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["genotype"] == json.loads((out / "search" / "genotype.json").read_text())
+    assert r.stdout.count("# fastnas pipeline report") == 1  # rank 0 alone reports
