@@ -53,3 +53,42 @@ def write_image_folder(root: Path, classes=("cat", "dog", "eel"), per_class: int
                 arr = rng.integers(0, 256, (size, size + i, 3), dtype=np.uint8)
                 Image.fromarray(arr).save(d / f"{i}.png")
     return root
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli_env(**extra) -> dict:
+    """Environment for a CLI subprocess: this checkout's fastnas, one intra-op thread."""
+    import os
+
+    return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **extra)
+
+
+def run_module(module: str, args, **kw):
+    """`python -m module args...` in a subprocess; returns the CompletedProcess."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=cli_env(),
+                          timeout=600, **kw)
+
+
+def kill_after_rows(cmd, metrics: Path, rows: int, timeout: float = 300):
+    """Start `cmd` in its own process group, wait until `metrics` (JSON lines) holds `rows` rows, then
+    SIGKILL the whole group (a launcher and its workers alike). Fails if the run ends first."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env(),
+                            start_new_session=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= rows:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

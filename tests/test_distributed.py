@@ -2,18 +2,15 @@
 1-process run that accumulates the same two shards, resume on another process count, a dying rank."""
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import cli_env, kill_after_rows, run_module
 
-ROOT = Path(__file__).resolve().parent.parent
 SEARCH = ["--preset", "smoke", "--embedded-size", "256", "--cells", "3", "--channels", "4", "--ops-kept", "8",
           "--skip-dropout", "0", "--epochs", "2", "--warmup-epochs", "1", "--batch-size", "16"]
 TRAIN = ["--genotype", "DARTS_V2", "--preset", "smoke", "--channels", "4", "--layers", "3", "--embedded-size", "320",
@@ -22,19 +19,10 @@ TRAIN = ["--genotype", "DARTS_V2", "--preset", "smoke", "--channels", "4", "--la
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 
 
-def env():
-    return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-
-
 def torchrun(nproc, module, args, **kw):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", module,
            *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=600, **kw)
-
-
-def single(module, args):
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env(),
-                          timeout=600)
+    return subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=600, **kw)
 
 
 def params(path):
@@ -48,7 +36,7 @@ def test_two_process_search_equals_one_process_accumulating_both_shards(tmp_path
     genotypes = {line.split(" genotype: ")[1] for line in r2.stdout.splitlines() if line.startswith("rank ")}
     assert len([line for line in r2.stdout.splitlines() if line.startswith("rank ")]) == 2
     assert len(genotypes) == 1  # every rank derived the same genotype
-    r1 = single("fastnas.search", [*SEARCH, "--accumulate", "2", "--out", str(tmp_path / "one")])
+    r1 = run_module("fastnas.search", [*SEARCH, "--accumulate", "2", "--out", str(tmp_path / "one")])
     assert r1.returncode == 0, r1.stderr[-2000:]
     assert (tmp_path / "two" / "genotype.json").read_text() == (tmp_path / "one" / "genotype.json").read_text()
     a, b = params(tmp_path / "two" / "checkpoint.pt"), params(tmp_path / "one" / "checkpoint.pt")
@@ -63,18 +51,9 @@ def test_killed_two_process_search_resumes_on_one_process(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
            "fastnas.search", *SEARCH, "--epochs", "3", "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env(),
-                            start_new_session=True)
     metrics = out / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.is_file() and metrics.read_text().count("\n") >= 1:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers
-    proc.wait()
-    r = single("fastnas.search", ["--resume", str(out)])
+    kill_after_rows(cmd, metrics, rows=1)  # SIGKILL to the launcher and both workers
+    r = run_module("fastnas.search", ["--resume", str(out)])
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [row["epoch"] for row in rows] == [1, 2, 3]
@@ -103,7 +82,7 @@ def test_a_dying_rank_stops_the_other_with_an_error(tmp_path):
     port = _free_port()
     procs = []
     for rank in (0, 1):
-        e = dict(env(), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+        e = cli_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                  MASTER_PORT=str(port), FASTNAS_FAULT="1:3")
         procs.append(subprocess.Popen([sys.executable, "-m", "fastnas.search", *SEARCH, "--dist-timeout", "60",
                                        "--out", str(tmp_path / "run")], stdout=subprocess.PIPE,

@@ -1,29 +1,21 @@
 """End-to-end search: the smoke preset through all stages, kill-and-resume equivalence, bad input."""
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
-from helpers import write_cifar10
+from helpers import kill_after_rows, run_module, write_cifar10
 
 from fastnas.genotype import Genotype
 from fastnas.search import main
 
-ROOT = Path(__file__).resolve().parent.parent
 # The smoke preset, smaller still: 4 steps per epoch, 5 epochs over the 3 stages.
 TINY = ["--preset", "smoke", "--embedded-size", "256", "--epochs", "1", "2", "2", "--warmup-epochs", "0", "1", "1"]
 
 
 def run_search(args, **kw):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "fastnas.search", *args], capture_output=True, text=True,
-                          env=env, timeout=600, **kw)
+    return run_module("fastnas.search", args, **kw)
 
 
 def test_smoke_search_end_to_end(tmp_path):
@@ -56,18 +48,8 @@ def test_kill_and_resume_gives_the_same_genotype(tmp_path):
     assert run_search([*args, "--out", str(full)]).returncode == 0
 
     killed = tmp_path / "killed"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "fastnas.search", *args, "--out", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    metrics = killed / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_rows([sys.executable, "-m", "fastnas.search", *args, "--out", str(killed)],
+                    killed / "metrics.jsonl", rows=2)
     assert not (killed / "genotype.json").exists()
 
     r = run_search(["--resume", str(killed)])

@@ -1,34 +1,23 @@
 """Retraining, evaluation and the whole pipeline."""
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import kill_after_rows, run_module
 
 from fastnas.evaluate import main as evaluate_main
 from fastnas.genotype import PUBLISHED
 from fastnas.train import main as train_main
 
-ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--preset", "smoke", "--channels", "4", "--layers", "3", "--embedded-size", "320", "--epochs", "3",
         "--batch-size", "32", "--no-export"]
 
 
-def run(module, args, **kw):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env,
-                          timeout=600, **kw)
-
-
 def test_smoke_retrain_learns_and_exports(tmp_path):
     out = tmp_path / "run"
-    r = run("fastnas.train", ["--genotype", "DARTS_V2", "--preset", "smoke", "--embedded-size", "1000",
+    r = run_module("fastnas.train", ["--genotype", "DARTS_V2", "--preset", "smoke", "--embedded-size", "1000",
                               "--epochs", "4", "--seed", "0", "--out", str(out)])
     assert r.returncode == 0, r.stderr
     report = json.loads((out / "report.json").read_text())
@@ -60,21 +49,11 @@ def test_smoke_retrain_learns_and_exports(tmp_path):
 def test_kill_and_resume_gives_the_same_final_metrics(tmp_path):
     args = ["--genotype", "PDARTS", *TINY, "--deterministic"]
     full = tmp_path / "full"
-    assert run("fastnas.train", [*args, "--out", str(full)]).returncode == 0
+    assert run_module("fastnas.train", [*args, "--out", str(full)]).returncode == 0
     killed = tmp_path / "killed"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "fastnas.train", *args, "--out", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    metrics = killed / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.is_file() and metrics.read_text().count("\n") >= 1:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    r = run("fastnas.train", ["--resume", str(killed)])
+    kill_after_rows([sys.executable, "-m", "fastnas.train", *args, "--out", str(killed)],
+                    killed / "metrics.jsonl", rows=1)
+    r = run_module("fastnas.train", ["--resume", str(killed)])
     assert r.returncode == 0, r.stderr
     a = json.loads((full / "report.json").read_text())
     b = json.loads((killed / "report.json").read_text())
@@ -124,7 +103,7 @@ def test_pipeline_smoke(tmp_path):
     train_cfg = tmp_path / "train.yaml"
     train_cfg.write_text("channels: 4\nlayers: 3\nembedded_size: 320\nepochs: 1\nexport: false\n")
     out = tmp_path / "pipe"
-    r = run("fastnas.pipeline", ["--preset", "smoke", "--search-config", str(search_cfg), "--train-config",
+    r = run_module("fastnas.pipeline", ["--preset", "smoke", "--search-config", str(search_cfg), "--train-config",
                                  str(train_cfg), "--out", str(out)])
     assert r.returncode == 0, r.stderr
     report = json.loads((out / "report.json").read_text())
@@ -134,5 +113,5 @@ def test_pipeline_smoke(tmp_path):
     assert "search/normal.dot" in report["diagrams"]
     assert (out / "report.md").read_text().startswith("# fastnas pipeline report")
     # a finished pipeline resumes to the same report without redoing anything
-    r = run("fastnas.pipeline", ["--resume", str(out)])
+    r = run_module("fastnas.pipeline", ["--resume", str(out)])
     assert r.returncode == 0 and "already finished" in r.stdout
