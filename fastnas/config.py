@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from fastnas.data import DATASETS
+
 
 class ConfigError(ValueError):
     """A configuration that cannot run, with the offending option named."""
@@ -28,6 +30,34 @@ def opt(default, help: str, **kw):
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class RunOptions:
+    """Options every run CLI shares: the data, and where and how the run executes."""
+
+    dataset: str = opt("embedded", "embedded (offline default), cifar10, cifar100 or folder", choices=list(DATASETS))
+    data_dir: str = opt("data", "folder holding the dataset (CIFAR batches or train/ and test/ image folders)")
+    download: bool = opt(False, "download CIFAR into --data-dir when missing (needs network)")
+    embedded_size: int = opt(2000, "training images of the embedded dataset")
+    image_size: int = opt(32, "image side for the folder dataset")
+    seed: int = opt(0, "random seed (data split, initialization, sampling)")
+    deterministic: bool = opt(False, "deterministic algorithms: a resumed run ends like an uninterrupted one")
+    amp: str = opt("off", "mixed precision", choices=["off", "bf16", "fp16"])
+    channels_last: bool = opt(False, "channels_last memory format")
+    workers: int = opt(0, "CPU threads for intra-op parallelism (0: torch's default)")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    out: str | None = opt(None, "run directory (default runs/<search|train>-<time>)")
+    max_steps: int = opt(0, "cap on steps per epoch (0: a full pass over the training data)")
+    dist_timeout: float = opt(300.0, "seconds a collective may wait for the other processes (torchrun)")
+
+    def validate_run_options(self) -> None:
+        if self.embedded_size < 4:
+            raise ConfigError(f"embedded_size must be >= 4, got {self.embedded_size}")
+        if self.max_steps < 0 or self.workers < 0:
+            raise ConfigError("max_steps and workers must be >= 0")
+        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
 def _field_type(cls, f):
@@ -172,6 +202,6 @@ def from_dict(cls, d: dict):
 
 
 __all__ = [
-    "ConfigError", "OneLineErrorParser", "make_parser", "config_for_resume", "opt", "add_arguments", "build_config",
-    "load_yaml", "save_yaml", "to_dict", "from_dict", "dataclass",
+    "ConfigError", "RunOptions", "OneLineErrorParser", "make_parser", "config_for_resume", "opt", "add_arguments",
+    "build_config", "load_yaml", "save_yaml", "to_dict", "from_dict", "dataclass",
 ]

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 
 from fastnas import config as cfglib
 from fastnas import distributed
-from fastnas.config import ConfigError, opt
-from fastnas.data import DATASETS, BatchStream, augment, load_dataset, normalize, split_train
+from fastnas.config import ConfigError, RunOptions, opt
+from fastnas.data import BatchStream, augment, load_dataset, normalize, split_train
 from fastnas.genotype import Genotype
 from fastnas.primitives import PRIMITIVES, is_primitive
 from fastnas.runs import (
@@ -51,16 +51,10 @@ CHECKPOINT_VERSION = 1
 
 
 @dataclass
-class SearchConfig:
+class SearchConfig(RunOptions):
     """All options of a search (see ``python -m fastnas.search --help``)."""
 
     preset: str = opt("pdarts", "stage preset: pdarts, patent or smoke", choices=["pdarts", "patent", "smoke"])
-    # data
-    dataset: str = opt("embedded", "embedded (offline default), cifar10, cifar100 or folder", choices=list(DATASETS))
-    data_dir: str = opt("data", "folder holding the dataset (CIFAR batches or train/ and test/ image folders)")
-    download: bool = opt(False, "download CIFAR into --data-dir when missing (needs network)")
-    embedded_size: int = opt(2000, "training images of the embedded dataset")
-    image_size: int = opt(32, "image side for the folder dataset")
     train_portion: float = opt(0.5, "share of the training set for weight steps; the rest trains the architecture")
     # stages
     cells: list[int] = opt([5, 11, 17], "cells (layers) of the supernet, per stage")
@@ -89,17 +83,8 @@ class SearchConfig:
     arch_betas: list[float] = opt([0.5, 0.999], "Adam betas of the architecture parameters")
     arch_weight_decay: float = opt(1e-3, "Adam weight decay of the architecture parameters")
     # runtime
-    seed: int = opt(0, "random seed (data split, initialization, sampling)")
-    deterministic: bool = opt(False, "deterministic algorithms: a resumed run ends like an uninterrupted one")
-    amp: str = opt("off", "mixed precision", choices=["off", "bf16", "fp16"])
-    channels_last: bool = opt(False, "channels_last memory format")
-    workers: int = opt(0, "CPU threads for intra-op parallelism (0: torch's default)")
-    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
-    out: str | None = opt(None, "run directory (default runs/search-<time>)")
-    max_steps: int = opt(0, "cap on steps per epoch (0: a full pass over the training half)")
     accumulate: int = opt(1, "shards per process, gradients averaged over them: 1 process with --accumulate N "
                              "computes what N processes compute")
-    dist_timeout: float = opt(300.0, "seconds a collective may wait for the other processes (torchrun)")
 
     @property
     def num_stages(self) -> int:
@@ -152,14 +137,9 @@ class SearchConfig:
             raise ConfigError("tau_start and tau_end must be > 0")
         if len(self.arch_betas) != 2 or not all(0 <= b < 1 for b in self.arch_betas):
             raise ConfigError(f"arch_betas must be two numbers in [0, 1), got {self.arch_betas}")
-        if self.embedded_size < 4:
-            raise ConfigError(f"embedded_size must be >= 4, got {self.embedded_size}")
-        if self.max_steps < 0 or self.workers < 0:
-            raise ConfigError("max_steps and workers must be >= 0")
+        self.validate_run_options()
         if self.accumulate < 1:
             raise ConfigError(f"accumulate must be >= 1, got {self.accumulate}")
-        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
-            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
 PRESETS: dict[str, dict] = {

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from fastnas import config as cfglib
 from fastnas import distributed
-from fastnas.config import ConfigError, opt
-from fastnas.data import DATASETS, BatchStream, augment, load_dataset, normalize
+from fastnas.config import ConfigError, RunOptions, opt
+from fastnas.data import BatchStream, augment, load_dataset, normalize
 from fastnas.genotype import Genotype, GenotypeError
 from fastnas.network import EvalNetwork
 from fastnas.runs import (
@@ -42,16 +42,11 @@ CHECKPOINT_VERSION = 1
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(RunOptions):
     """All options of a retraining run (see ``python -m fastnas.train --help``)."""
 
     genotype: str | None = opt(None, "published name, genotype.json, search run dir or DARTS Genotype(...) string")
     preset: str = opt("darts", "darts (the published recipe) or smoke (seconds on a CPU)", choices=["darts", "smoke"])
-    dataset: str = opt("embedded", "embedded (offline default), cifar10, cifar100 or folder", choices=list(DATASETS))
-    data_dir: str = opt("data", "folder holding the dataset")
-    download: bool = opt(False, "download CIFAR into --data-dir when missing (needs network)")
-    embedded_size: int = opt(2000, "training images of the embedded dataset")
-    image_size: int = opt(32, "image side for the folder dataset")
     channels: int = opt(36, "initial channels C")
     layers: int = opt(20, "cells")
     auxiliary: bool = opt(True, "auxiliary head after 2/3 of the depth")
@@ -65,19 +60,10 @@ class TrainConfig:
     momentum: float = opt(0.9, "SGD momentum")
     weight_decay: float = opt(3e-4, "SGD weight decay")
     grad_clip: float = opt(5.0, "gradient-norm clip (0: off)")
-    seed: int = opt(0, "random seed")
-    deterministic: bool = opt(False, "deterministic algorithms (a resumed run ends like an uninterrupted one)")
-    amp: str = opt("off", "mixed precision", choices=["off", "bf16", "fp16"])
-    channels_last: bool = opt(False, "channels_last memory format")
     compile: bool = opt(False, "torch.compile the network")
-    workers: int = opt(0, "CPU threads for intra-op parallelism (0: torch's default)")
     pin_memory: bool = opt(True, "pinned host memory for batches copied to a GPU")
-    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
-    out: str | None = opt(None, "run directory (default runs/train-<time>)")
-    max_steps: int = opt(0, "cap on steps per epoch (0: a full pass)")
     export: bool = opt(True, "export the final model (safetensors or state dict, and torch.export)")
     sync_bn: bool = opt(False, "SyncBatchNorm across processes (GPU runs under torchrun)")
-    dist_timeout: float = opt(300.0, "seconds a collective may wait for the other processes (torchrun)")
 
     def validate(self) -> None:
         if not self.genotype:
@@ -87,12 +73,9 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.drop_path < 1:
             raise ConfigError(f"drop_path must be in [0, 1), got {self.drop_path}")
-        if self.cutout < 0 or self.max_steps < 0 or self.workers < 0:
-            raise ConfigError("cutout, max_steps and workers must be >= 0")
-        if self.embedded_size < 4:
-            raise ConfigError(f"embedded_size must be >= 4, got {self.embedded_size}")
-        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
-            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.cutout < 0:
+            raise ConfigError(f"cutout must be >= 0, got {self.cutout}")
+        self.validate_run_options()
 
 
 PRESETS: dict[str, dict] = {
