@@ -28,7 +28,7 @@ def default_run_dir(kind: str) -> Path:
 class RunDir:
     """The output folder of one search/train run."""
 
-    def __init__(self, path: str | Path, *, resume: bool = False, enabled: bool = True):
+    def __init__(self, path: str | Path, *, enabled: bool = True):
         self.path = Path(path)
         self.enabled = enabled  # only rank 0 writes in distributed runs
         if enabled:
@@ -135,9 +135,6 @@ class RunDir:
                 os.fsync(f.fileno())
             os.replace(tmp, p)
         return p
-
-    def load_checkpoint(self, name: str = "checkpoint.pt", map_location="cpu") -> dict:
-        return load_checkpoint(self.path / name, map_location)
 
     def close(self) -> None:
         if self._tb is not None:

@@ -281,9 +281,6 @@ class Searcher:
         self.a_scaler.update()
         return loss_sum, correct
 
-    def draw(self):
-        return self.net.sample(self.sampler)
-
     # ----------------------------------------------------------------- epochs
     def train_epoch(self, stage: int, epoch: int) -> dict:
         cfg = self.cfg
@@ -308,7 +305,7 @@ class Searcher:
             self.global_step += 1
             if self.fault_step is not None and self.global_step >= self.fault_step:
                 os._exit(3)  # test hook (FASTNAS_FAULT): this process dies without a word
-            samples = self.draw()
+            samples = self.net.sample(self.sampler)
             batches = [self.batch(st, g) for st, g in zip(self.train_streams, gens, strict=True)]
             loss, correct = self.weight_step(samples, batches)
             sums[0] += loss
@@ -482,7 +479,7 @@ def _main(args: dict) -> int:
 
 def _run(cfg: SearchConfig, run_path: Path, state: dict | None, ctx, device) -> int:
     seed_everything(cfg.seed, cfg.deterministic)
-    run = RunDir(run_path, resume=state is not None, enabled=ctx.is_main)  # only rank 0 writes
+    run = RunDir(run_path, enabled=ctx.is_main)  # only rank 0 writes
     cfg.out = str(run_path)
     if run.enabled:
         cfglib.save_yaml(cfg, run.path / "config.yaml")
