@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run(nproc: int, steps: int, batch: int, device: str, tmp: str) -> dict:
     out = os.path.join(tmp, f"n{nproc}")
-    args = ["--preset", "pdarts", "--cells", "5", "--channels", "16", "--ops-kept", "8", "--skip-dropout", "0",
+    args = ["--preset", "progressive", "--cells", "5", "--channels", "16", "--ops-kept", "8", "--skip-dropout", "0",
             "--epochs", "2", "--warmup-epochs", "1", "--batch-size", str(batch), "--max-steps", str(steps),
             "--embedded-size", str(max(2 * batch * nproc * steps, 512)), "--device", device, "--out", out]
     threads = max(1, (os.cpu_count() or 1) // nproc) if device == "cpu" else 4

@@ -58,12 +58,12 @@ def main(argv=None) -> int:
                          "steps": m["steps"], "epoch_s": m["epoch_time_s"]})
         rows.append({"config": "smoke", "stage": "all", "wall_s": total})
 
-        cfg = cfglib.build_config(SearchConfig, PRESETS, {"preset": "pdarts", "max_steps": 1}, "pdarts")
-        searcher = Searcher(cfg, RunDir(os.path.join(tmp, "pdarts")), torch.device("cpu"))
+        cfg = cfglib.build_config(SearchConfig, PRESETS, {"preset": "progressive", "max_steps": 1}, "progressive")
+        searcher = Searcher(cfg, RunDir(os.path.join(tmp, "progressive")), torch.device("cpu"))
         searcher.build_stage(0)
         for warm in (True, False):
             step = time_steps(searcher, warm, args.steps)
-            rows.append({"config": "pdarts stage 1", "warmup": warm, "batch": cfg.batch_size, "step_s": step,
+            rows.append({"config": "progressive stage 1", "warmup": warm, "batch": cfg.batch_size, "step_s": step,
                          "projected_cifar10_epoch_s": step * CIFAR_STEPS})
     lines = [f"threads {torch.get_num_threads()}", "", "| config | epoch | steps | seconds |", "|---|---|---|---|"]
     for r in rows:
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
             lines.append(f"| smoke | whole run, wall clock (incl. start-up) | - | {r['wall_s']:.1f} |")
         else:
             kind = "warm-up (weights only)" if r["warmup"] else "search (weights + architecture)"
-            lines.append(f"| pdarts stage 1, batch {r['batch']} | {kind}: one step {r['step_s']:.2f} s, "
+            lines.append(f"| progressive stage 1, batch {r['batch']} | {kind}: one step {r['step_s']:.2f} s, "
                          f"projected CIFAR-10 epoch | {CIFAR_STEPS} | {r['projected_cifar10_epoch_s']:.0f} |")
     table = "\n".join(lines)
     if args.out:

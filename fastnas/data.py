@@ -4,7 +4,7 @@ CIFAR-shaped default.
 Every dataset is held in memory as uint8 images (N, 3, H, W) plus int64 labels; batches are drawn by
 :class:`BatchStream` (seeded per epoch, so an epoch's order is reproducible and a resumed run sees
 the same batches) and augmented on the device by :func:`augment` (random crop with padding,
-horizontal flip, optional cutout) before normalization.
+horizontal flip) before normalization, and cutout after it (as DARTS).
 
 CIFAR is read from the python pickle batches (``cifar-10-batches-py/``, ``cifar-100-python/``) by
 our own reader, so files are checked for their format, not their checksum.
@@ -273,11 +273,11 @@ class BatchStream:
         self._order = None
 
 
-def augment(images: Tensor, generator: torch.Generator | None = None, crop_padding: int = 4, flip: bool = True,
-            cutout: int = 0) -> Tensor:
+def augment(images: Tensor, generator: torch.Generator | None = None, crop_padding: int = 4,
+            flip: bool = True) -> Tensor:
     """DARTS/CIFAR augmentation on a uint8 or float batch (N, C, H, W): random crop after zero
-    padding, random horizontal flip, optional cutout (a zeroed square of side `cutout`, after
-    normalization in DARTS; here applied to the raw batch, which is then normalized)."""
+    padding and random horizontal flip (torchvision's RandomCrop(32, padding=4) +
+    RandomHorizontalFlip). Cutout comes after normalization: :func:`cutout`."""
     n, _, h, w = images.shape
     device = images.device
 
@@ -295,15 +295,23 @@ def augment(images: Tensor, generator: torch.Generator | None = None, crop_paddi
     if flip:
         do_flip = (torch.rand(n, generator=generator) < 0.5).to(device)
         images = torch.where(do_flip[:, None, None, None], images.flip(3), images)
-    if cutout > 0:
-        cy, cx = rand_int(h, (n,)), rand_int(w, (n,))
-        ys = torch.arange(h, device=device)[None, :, None]
-        xs = torch.arange(w, device=device)[None, None, :]
-        half = cutout // 2
-        inside = ((ys - cy[:, None, None]).abs() <= half - (cutout % 2 == 0)) & \
-                 ((xs - cx[:, None, None]).abs() <= half - (cutout % 2 == 0))
-        images = images * (~inside)[:, None].to(images.dtype)
     return images.contiguous()
+
+
+def cutout(x: Tensor, size: int, generator: torch.Generator | None = None) -> Tensor:
+    """DARTS' Cutout on a *normalized* batch: per image a `size` x `size` square centred on a uniform
+    random pixel (clipped at the border) is set to 0, i.e. to the dataset's mean colour."""
+    if size <= 0:
+        return x
+    n, _, h, w = x.shape
+    device = x.device
+    cy = torch.randint(0, h, (n,), generator=generator).to(device)
+    cx = torch.randint(0, w, (n,), generator=generator).to(device)
+    ys = torch.arange(h, device=device)[None, :, None]
+    xs = torch.arange(w, device=device)[None, None, :]
+    lo_y, lo_x = (cy - size // 2)[:, None, None], (cx - size // 2)[:, None, None]
+    inside = (ys >= lo_y) & (ys < lo_y + size) & (xs >= lo_x) & (xs < lo_x + size)
+    return x.masked_fill(inside[:, None], 0.0)
 
 
 def normalize(images: Tensor, mean, std, dtype=torch.float32, memory_format=torch.contiguous_format) -> Tensor:

@@ -96,3 +96,16 @@ def shutdown(ctx: DistContext) -> None:
     """Destroy the process group if `ctx` created it."""
     if ctx.owns_group and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def run_in_group(device: str, body, *args):
+    """Run ``body(*args, ctx)`` inside one process group (created here under torchrun, reused by every
+    run the body starts), then leave together and tear the group down."""
+    ctx, _ = init(device)
+    try:
+        result = body(*args, ctx)
+        # Leave together: a process tearing its group down while rank 0 still writes can abort gloo.
+        barrier()
+        return result
+    finally:
+        shutdown(ctx)

@@ -17,14 +17,16 @@ from fastnas import distributed, search, train
 from fastnas.data import DATASETS
 from fastnas.runs import RunDir, RunError, cli_main, default_run_dir
 
-PRESETS = {"smoke": ("smoke", "smoke"), "full": ("pdarts", "darts"), "patent": ("patent", "darts")}
+PRESETS = {"smoke": ("smoke", "smoke"), "quick": ("quick", "quick"), "full": ("progressive", "darts"),
+           "pdarts": ("pdarts", "darts"), "patent": ("patent", "darts")}
 
 
 def parse_args(argv=None):
     p = cfglib.OneLineErrorParser(prog="python -m fastnas.pipeline", description=__doc__.split("\n")[0],
                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", default="smoke", choices=list(PRESETS),
-                   help="smoke (search smoke + retrain smoke), full (pdarts + darts), patent (patent + darts)")
+                   help="search preset + retraining preset: smoke (smoke + smoke), quick (quick + quick), "
+                        "full (progressive + darts), pdarts (pdarts + darts), patent (patent + darts)")
     # Given here, these override both stages' config files; left out, the files (or presets) decide.
     p.add_argument("--dataset", default=None, choices=list(DATASETS), help="default: embedded")
     p.add_argument("--data-dir", default=None)
@@ -39,13 +41,7 @@ def parse_args(argv=None):
 
 def _main(args) -> int:
     # Under torchrun one process group serves both the search and the retraining.
-    ctx, _ = distributed.init(args.device or "auto")
-    try:
-        code = _pipeline(args, ctx)
-        distributed.barrier()
-        return code
-    finally:
-        distributed.shutdown(ctx)
+    return distributed.run_in_group(args.device or "auto", _pipeline, args)
 
 
 def _pipeline(args, ctx) -> int:

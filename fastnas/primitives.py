@@ -92,6 +92,21 @@ class Zero(nn.Module):
         return x[:, :, :: self.stride, :: self.stride].mul(0.0)
 
 
+class Noise(nn.Module):
+    """The `noise` op of RobustDARTS' S4 space: standard Gaussian noise of the output's shape, whatever
+    the input holds (strided like `none` on reduction edges). A search that picks it over a
+    convolution is not searching, which makes it a known-answer test."""
+
+    def __init__(self, stride: int, std: float = 1.0):
+        super().__init__()
+        self.stride, self.std = stride, std
+
+    def forward(self, x):
+        if self.stride != 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        return torch.randn_like(x) * self.std
+
+
 class FactorizedReduce(nn.Module):
     """Halve the resolution with two offset 1x1 stride-2 convs concatenated (DARTS).
 
@@ -117,6 +132,7 @@ class FactorizedReduce(nn.Module):
 
 _REGISTRY: dict[str, OpFactory] = {
     "none": lambda C, stride, affine: Zero(stride),
+    "noise": lambda C, stride, affine: Noise(stride),
     "avg_pool_3x3": lambda C, stride, affine: nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False),
     "max_pool_3x3": lambda C, stride, affine: nn.MaxPool2d(3, stride=stride, padding=1),
     "skip_connect": lambda C, stride, affine: Identity() if stride == 1 else FactorizedReduce(C, C, affine),

@@ -5,12 +5,14 @@ name           weights per edge                                                 
 =============  ===========================================================================  =========
 gumbel-hard    one-hot sample of softmax(alpha); straight-through soft gradient (GDAS)      sampled
 gumbel-soft    softmax((alpha + g) / tau), g ~ Gumbel(0, 1) (SNAS)                          all
-softmax        softmax(alpha / tau), deterministic (DARTS; tau = 1)                          all
-dirichlet      w ~ Dirichlet(elu(alpha) + 1), reparameterized (DrNAS)                        all
+softmax        softmax(alpha / tau), deterministic (DARTS; tau = 1 unless asked)             all
+dirichlet      w ~ Dirichlet(elu(alpha) + 1), reparameterized (DrNAS; no temperature)        all
 =============  ===========================================================================  =========
 
-Temperatures follow :class:`TemperatureSchedule` (linear 10 -> 0.1 by default, as GDAS) and can also
-be set per step with :meth:`Sampler.set_temperature`.
+The Gumbel samplers follow a :class:`TemperatureSchedule` (linear 10 -> 0.1 by default, as GDAS);
+softmax uses tau = 1 (DARTS, P-DARTS) unless a temperature is asked for, and Dirichlet takes none
+(``Sampler.temperature`` says which). Temperatures can also be set per step with
+:meth:`Sampler.set_temperature`.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ class Sampler:
 
     name = "base"
     hard = False
+    # "annealed": a temperature schedule by default (Gumbel); "optional": tau = 1 unless the user sets
+    # one (softmax); "none": no temperature at all (Dirichlet).
+    temperature = "optional"
 
     def __init__(self, tau: float = 1.0, generator: torch.Generator | None = None):
         self.generator = generator
@@ -73,6 +78,7 @@ class Sampler:
 class GumbelHardSampler(Sampler):
     name = "gumbel-hard"
     hard = True
+    temperature = "annealed"
 
     def __call__(self, alpha: Tensor) -> Sample:
         w, index = ops.gumbel_softmax(alpha, self.tau, True, generator=self.generator)
@@ -81,6 +87,7 @@ class GumbelHardSampler(Sampler):
 
 class GumbelSoftSampler(Sampler):
     name = "gumbel-soft"
+    temperature = "annealed"
 
     def __call__(self, alpha: Tensor) -> Sample:
         w, index = ops.gumbel_softmax(alpha, self.tau, False, generator=self.generator)
@@ -99,6 +106,7 @@ class SoftmaxSampler(Sampler):
 
 class DirichletSampler(Sampler):
     name = "dirichlet"
+    temperature = "none"
 
     def __call__(self, alpha: Tensor) -> Sample:
         concentration = F.elu(alpha) + 1
@@ -120,13 +128,17 @@ class DirichletSampler(Sampler):
 _CLASSES = {cls.name: cls for cls in (GumbelHardSampler, GumbelSoftSampler, SoftmaxSampler, DirichletSampler)}
 
 
-def make_sampler(name: str = "gumbel-hard", tau: float = 1.0, generator: torch.Generator | None = None) -> Sampler:
-    """Build a sampler by name: 'gumbel-hard' (default), 'gumbel-soft', 'softmax', 'dirichlet'."""
+def sampler_class(name: str) -> type[Sampler]:
+    """The sampler class registered under `name`."""
     try:
-        cls = _CLASSES[name]
+        return _CLASSES[name]
     except KeyError:
         raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}") from None
-    return cls(tau=tau, generator=generator)
+
+
+def make_sampler(name: str = "gumbel-hard", tau: float = 1.0, generator: torch.Generator | None = None) -> Sampler:
+    """Build a sampler by name: 'gumbel-hard' (default), 'gumbel-soft', 'softmax', 'dirichlet'."""
+    return sampler_class(name)(tau=tau, generator=generator)
 
 
 @dataclass

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from fastnas import config as cfglib
-from fastnas import distributed
+from fastnas import distributed, plots
 from fastnas.config import ConfigError, RunOptions, opt
 from fastnas.data import BatchStream, augment, load_dataset, normalize, split_train
 from fastnas.genotype import Genotype
@@ -44,8 +44,8 @@ from fastnas.runs import (
     seed_everything,
     set_rng_state,
 )
-from fastnas.sampler import SAMPLERS, Sample, TemperatureSchedule, make_sampler
-from fastnas.supernet import SuperNet, derive_genotype, prune_primitives
+from fastnas.sampler import SAMPLERS, Sample, TemperatureSchedule, make_sampler, sampler_class
+from fastnas.supernet import SuperNet, cell_stats, derive_genotype, prune_primitives
 
 CHECKPOINT_VERSION = 1
 
@@ -54,7 +54,9 @@ CHECKPOINT_VERSION = 1
 class SearchConfig(RunOptions):
     """All options of a search (see ``python -m fastnas.search --help``)."""
 
-    preset: str = opt("pdarts", "stage preset: pdarts, patent or smoke", choices=["pdarts", "patent", "smoke"])
+    preset: str = opt("progressive", "stage preset: progressive (default: P-DARTS stages + GDAS sampler), pdarts, "
+                      "patent, quick (learns in minutes on a CPU) or smoke (seconds, CI)",
+                      choices=["progressive", "pdarts", "patent", "quick", "smoke"])
     train_portion: float = opt(0.5, "share of the training set for weight steps; the rest trains the architecture")
     # stages
     cells: list[int] = opt([5, 11, 17], "cells (layers) of the supernet, per stage")
@@ -66,10 +68,14 @@ class SearchConfig(RunOptions):
     primitives: list[str] = opt(list(PRIMITIVES), "candidate ops of the first stage")
     # sampler
     sampler: str = opt("gumbel-hard", "gumbel-hard, gumbel-soft, softmax or dirichlet", choices=list(SAMPLERS))
-    tau_start: float = opt(10.0, "sampler temperature at the first epoch of a stage")
-    tau_end: float = opt(0.1, "sampler temperature at the last epoch of a stage")
-    tau_schedule: str = opt("linear", "temperature schedule within a stage",
-                            choices=["linear", "exponential", "constant"])
+    tau_start: float | None = opt(None, "temperature at the first search epoch of a stage (default: 10 for the "
+                                        "Gumbel samplers; softmax uses 1 unless given; dirichlet takes none)")
+    tau_end: float | None = opt(None, "temperature at the last epoch of a stage (default: 0.1 for the Gumbel "
+                                      "samplers; softmax: tau_start)")
+    tau_schedule: str = opt("linear", "temperature schedule over the search epochs of a stage (the warm-up "
+                            "stays at tau_start)", choices=["linear", "exponential", "constant"])
+    arch_resample: bool = opt(True, "draw a fresh architecture for the architecture step (GDAS: a sample per "
+                                    "forward pass); off: score the path the weight step just trained")
     max_skip: int = opt(2, "most skip connections in the derived normal cell (-1: no cap)")
     # weight optimizer
     batch_size: int = opt(96, "batch size of both the weight and the architecture step")
@@ -79,9 +85,16 @@ class SearchConfig(RunOptions):
     weight_decay: float = opt(3e-4, "SGD weight decay")
     grad_clip: float = opt(5.0, "gradient-norm clip of the weight step (0: off)")
     # architecture optimizer
-    arch_lr: float = opt(6e-4, "Adam learning rate of the architecture parameters")
+    arch_lr: float = opt(3e-4, "Adam learning rate of the architecture parameters (GDAS 3e-4; P-DARTS 6e-4)")
+    arch_travel: float = opt(0.0, "if > 0, set each stage's arch lr to arch_travel / (its architecture steps): "
+                                  "Adam moves each alpha by about lr per step, so this fixes how far the "
+                                  "architecture can move in a stage whatever the budget (0: use arch_lr)")
+    arch_grad_clip: float = opt(5.0, "gradient-norm clip of the architecture step (P-DARTS: 5; 0: off)")
     arch_betas: list[float] = opt([0.5, 0.999], "Adam betas of the architecture parameters")
     arch_weight_decay: float = opt(1e-3, "Adam weight decay of the architecture parameters")
+    derived_eval_images: int = opt(10000, "held-out images scoring the derived cell inside the supernet at the end "
+                                          "of each stage (0: skip)")
+    plots: bool = opt(True, "write PNG plots (cells, op probabilities, curves) into the run directory")
     # runtime
     accumulate: int = opt(1, "shards per process, gradients averaged over them: 1 process with --accumulate N "
                              "computes what N processes compute")
@@ -133,8 +146,18 @@ class SearchConfig(RunOptions):
             raise ConfigError(f"train_portion must be in (0, 1), got {self.train_portion}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.tau_start <= 0 or self.tau_end <= 0:
-            raise ConfigError("tau_start and tau_end must be > 0")
+        for name in ("tau_start", "tau_end"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and v > 0):
+                raise ConfigError(f"{name} must be a finite number > 0, got {v}")
+        if sampler_class(self.sampler).temperature == "none" and (self.tau_start or self.tau_end):
+            raise ConfigError(f"sampler {self.sampler} takes no temperature: leave tau_start and tau_end unset")
+        for name in ("arch_lr", "arch_travel", "arch_grad_clip", "grad_clip"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {v}")
+        if self.derived_eval_images < 0:
+            raise ConfigError(f"derived_eval_images must be >= 0, got {self.derived_eval_images}")
         if len(self.arch_betas) != 2 or not all(0 <= b < 1 for b in self.arch_betas):
             raise ConfigError(f"arch_betas must be two numbers in [0, 1), got {self.arch_betas}")
         self.validate_run_options()
@@ -143,14 +166,29 @@ class SearchConfig(RunOptions):
 
 
 PRESETS: dict[str, dict] = {
-    # P-DARTS: cells 5/11/17, 16 channels, ops 8/5/3, skip dropout 0/0.4/0.7, 25 epochs (10 warm-up).
-    "pdarts": {},
-    # The source's literal reading: per-stage widths [9, 13, 19].
+    # The default, the source's method: P-DARTS' stages (cells 5/11/17, C=16, ops 8/5/3, skip dropout
+    # 0/0.4/0.7, 25 epochs of which 10 warm-up) with GDAS' sampler: hard Gumbel, arch lr 3e-4, tau 10 -> 0.1.
+    "progressive": {},
+    # P-DARTS itself (chenxin061/pdarts train_search.py): softmax mixture (no temperature), arch lr 6e-4.
+    "pdarts": {"sampler": "softmax", "arch_lr": 6e-4},
+    # The source's literal reading of "[9, 13, 19]" as per-stage widths.
     "patent": {"channels": [9, 13, 19]},
+    # A few minutes on a 2-core CPU, on the embedded data, and the supernet learns. Measured (see
+    # benchmarks/README.md): a single-path (gumbel-hard) supernet does not train in the few hundred steps
+    # such a budget holds, while softmax trains every candidate each step and learns like a fixed
+    # network, so the CPU preset uses softmax. Step costs on a CPU are per op call, not per channel, so
+    # width is cheap and depth/ops are not: 3/4/5 cells against 8/5/3 ops keep each stage about as costly.
+    # The arch lr follows from the budget (arch_travel / architecture steps).
+    "quick": {
+        "cells": [3, 4, 5], "channels": [8, 8, 8], "epochs": [3, 3, 3], "warmup_epochs": [2, 2, 2],
+        "batch_size": 32, "embedded_size": 1000, "lr": 0.05, "sampler": "softmax", "arch_travel": 2.0,
+        "derived_eval_images": 500,
+    },
     # Seconds on a laptop CPU on the embedded data; still all three stages, pruning and derivation.
     "smoke": {
         "cells": [3, 4, 5], "channels": [4, 4, 6], "epochs": [2, 2, 2], "warmup_epochs": [1, 1, 1],
-        "batch_size": 32, "embedded_size": 768, "tau_start": 5.0, "tau_end": 1.0, "arch_lr": 3e-3,
+        "batch_size": 32, "embedded_size": 768, "arch_lr": 3e-3,
+        "derived_eval_images": 256,
     },
 }
 
@@ -184,8 +222,9 @@ class Searcher:
         # One architecture per step for every process: the sampler draws from its own generator, seeded
         # alike everywhere (the architecture parameters are kept identical).
         self.sampler_generator = torch.Generator(device).manual_seed(cfg.seed + 12345)
-        self.sampler = make_sampler(cfg.sampler, tau=cfg.tau_start, generator=self.sampler_generator)
-        self.schedule = TemperatureSchedule(cfg.tau_start, cfg.tau_end, cfg.tau_schedule)
+        self.schedule = temperature_schedule(cfg)
+        self.sampler = make_sampler(cfg.sampler, tau=self.schedule.start if self.schedule else 1.0,
+                                    generator=self.sampler_generator)
         self.stage, self.epoch = 0, 0  # next epoch to run
         self.edge_primitives = None
         self.stage_genotypes: list[dict] = []
@@ -216,6 +255,10 @@ class Searcher:
                                      weight_decay=cfg.weight_decay)
         self.a_opt = torch.optim.Adam(self.net.arch_parameters(), lr=cfg.arch_lr, betas=tuple(cfg.arch_betas),
                                       weight_decay=cfg.arch_weight_decay)
+        if cfg.arch_travel > 0:
+            arch_steps = max(1, (cfg.epochs[stage] - cfg.warmup_epochs[stage]) * self.steps_per_epoch())
+            for group in self.a_opt.param_groups:
+                group["lr"] = cfg.arch_travel / arch_steps
         self.w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, cfg.epochs[stage], eta_min=cfg.lr_min)
         fp16 = self.amp_dtype is torch.float16
         self.w_scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
@@ -223,6 +266,18 @@ class Searcher:
 
     def autocast(self):
         return amp_context(self.device, self.amp_dtype)
+
+    def steps_per_epoch(self) -> int:
+        steps = self.train_streams[0].batches_per_pass()
+        return min(steps, self.cfg.max_steps) if self.cfg.max_steps else steps
+
+    def temperature(self, stage: int, epoch: int) -> float:
+        """The warm-up stays at tau_start; the schedule runs over the search epochs of the stage, so the
+        architecture steps see all of it."""
+        if self.schedule is None:
+            return 1.0
+        warmup = self.cfg.warmup_epochs[stage]
+        return self.schedule(max(0, epoch - warmup), self.cfg.epochs[stage] - warmup)
 
     def batch(self, stream: BatchStream, generator: torch.Generator):
         images, labels = stream.next()
@@ -277,6 +332,9 @@ class Searcher:
         self.a_opt.zero_grad(set_to_none=True)
         for p, g in zip(params, total, strict=True):
             p.grad = distributed.all_reduce_(g, average=True)
+        if self.cfg.arch_grad_clip > 0:  # P-DARTS clips the architecture gradient too
+            self.a_scaler.unscale_(self.a_opt)
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.arch_grad_clip)
         self.a_scaler.step(self.a_opt)
         self.a_scaler.update()
         return loss_sum, correct
@@ -285,14 +343,13 @@ class Searcher:
     def train_epoch(self, stage: int, epoch: int) -> dict:
         cfg = self.cfg
         warm = epoch < cfg.warmup_epochs[stage]
-        tau = self.schedule(epoch, cfg.epochs[stage])
+        tau = self.temperature(stage, epoch)
         self.sampler.set_temperature(tau)
         p_skip = skip_dropout_rate(cfg.skip_dropout[stage], epoch, cfg.epochs[stage], cfg.warmup_epochs[stage])
         self.net.set_skip_dropout(p_skip)
         self.net.train()
-        steps = self.train_streams[0].batches_per_pass()
-        if cfg.max_steps:
-            steps = min(steps, cfg.max_steps)
+        steps = self.steps_per_epoch()
+        lr = self.w_opt.param_groups[0]["lr"]  # this epoch's (the scheduler steps at its end)
         sums = torch.zeros(4, device=self.device)  # train loss*n, train correct, valid loss*n, valid correct
         n_train = n_valid = 0
         # Augmentation draws from per-shard generators seeded by (seed, stage, epoch, shard): the same
@@ -312,6 +369,8 @@ class Searcher:
             sums[1] += correct
             n_train += sum(y.shape[0] for _, y in batches)
             if not warm:
+                if cfg.arch_resample:  # GDAS: a fresh architecture for every forward pass
+                    samples = self.net.sample(self.sampler)
                 batches = [self.batch(st, g) for st, g in zip(self.valid_streams, gens, strict=True)]
                 loss, correct = self.arch_step(samples, batches)
                 sums[2] += loss
@@ -324,11 +383,14 @@ class Searcher:
         n_train *= self.world_size
         n_valid *= self.world_size
         probs = self.net.probabilities(self.sampler)
+        entropy = {cell: float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean()) for cell, p in probs.items()}
         return {
             "stage": stage + 1, "epoch": epoch + 1, "warmup": warm,
             "train_loss": s[0] / n_train, "train_acc": s[1] / n_train,
             "valid_loss": s[2] / n_valid if n_valid else None, "valid_acc": s[3] / n_valid if n_valid else None,
-            "tau": tau, "skip_dropout": p_skip, "lr": self.w_opt.param_groups[0]["lr"],
+            "tau": tau, "skip_dropout": p_skip, "lr": lr, "arch_lr": self.a_opt.param_groups[0]["lr"],
+            "entropy_normal": entropy["normal"], "entropy_reduce": entropy["reduce"],
+            "entropy_max": math.log(probs["normal"].shape[-1]),
             "epoch_time_s": time.perf_counter() - t0, "steps": steps,
             "genotype": str(derive_genotype(self.net, self.max_skip(), self.sampler)),
             "op_probabilities": {cell: {"primitives": self.net.edge_primitives[cell], "p": p.tolist()}
@@ -408,7 +470,8 @@ class Searcher:
                          if row["valid_loss"] is not None else "warm-up")
                 log(f"stage {stage + 1} epoch {self.epoch}/{cfg.epochs[stage]}: train loss {row['train_loss']:.3f} "
                     f"acc {row['train_acc']:.3f}, {valid}, tau {row['tau']:.2f}, skip dropout "
-                    f"{row['skip_dropout']:.3f}, {row['epoch_time_s']:.1f}s")
+                    f"{row['skip_dropout']:.3f}, entropy {row['entropy_normal']:.3f}/{row['entropy_max']:.3f}, "
+                    f"{row['epoch_time_s']:.1f}s")
             self.finish_stage(stage)
         final = derive_genotype(self.net, self.max_skip(), self.sampler)
         return final
@@ -416,18 +479,89 @@ class Searcher:
     def finish_stage(self, stage: int) -> None:
         cfg = self.cfg
         geno = derive_genotype(self.net, self.max_skip(), self.sampler)
-        self.stage_genotypes.append({"stage": stage + 1, "genotype": geno.to_dict(), "text": str(geno)})
+        stats = cell_stats(geno, derive_genotype(self.net, None, self.sampler))
+        derived = evaluate_derived(self.net, geno, self.train_data, self.valid_data, cfg.derived_eval_images,
+                                   cfg.batch_size, self.device, self.memory_format, self.autocast)
+        entry = {"stage": stage + 1, "genotype": geno.to_dict(), "text": str(geno), **stats, **derived}
+        self.stage_genotypes.append(entry)
         self.run_dir.write_json(f"genotype_stage{stage + 1}.json", geno.to_dict())
         self.run_dir.log(f"stage {stage + 1} genotype: {geno}")
+        acc = f"derived cell accuracy {derived['derived_acc']:.3f} (eval mode, held-out half); " \
+            if derived.get("derived_acc") is not None else ""
+        self.run_dir.log(f"stage {stage + 1}: {acc}normal cell has {stats['normal_skips']} skip(s), "
+                         f"{stats['normal_param_free']} parameter-free op(s); the skip cap removed "
+                         f"{stats['skips_removed_by_cap']}")
+        if cfg.plots and self.run_dir.enabled:
+            try:
+                plots.search_plots(self.run_dir.path, self.stage_genotypes)
+            except Exception as exc:  # a picture is a convenience: report, don't fail the search
+                self.run_dir.log(f"warning: plots not drawn: {type(exc).__name__}: {exc}")
         if stage + 1 < cfg.num_stages:
-            last = stage + 1 == cfg.num_stages - 1
-            self.edge_primitives = prune_primitives(self.net, cfg.ops_kept[stage + 1], drop_zero_first=last,
-                                                    sampler=self.sampler)
+            # P-DARTS keeps 'none' through the stages by its probability; only derivation excludes it.
+            self.edge_primitives = prune_primitives(self.net, cfg.ops_kept[stage + 1], sampler=self.sampler)
             self.stage, self.epoch = stage + 1, 0
             self.build_stage(self.stage)
             self.checkpoint()
         else:
             self.stage = cfg.num_stages
+
+
+def temperature_schedule(cfg: SearchConfig) -> TemperatureSchedule | None:
+    """The stage temperature schedule the sampler asks for: Gumbel samplers anneal (GDAS: 10 -> 0.1 unless
+    set); softmax uses none (tau 1, DARTS / P-DARTS) unless tau_start is set; Dirichlet never has one."""
+    kind = sampler_class(cfg.sampler).temperature
+    if kind == "none" or (kind == "optional" and cfg.tau_start is None and cfg.tau_end is None):
+        return None
+    start = cfg.tau_start if cfg.tau_start is not None else (10.0 if kind == "annealed" else cfg.tau_end)
+    end = cfg.tau_end if cfg.tau_end is not None else (0.1 if kind == "annealed" else start)
+    return TemperatureSchedule(start, end, cfg.tau_schedule)
+
+
+@torch.no_grad()
+def evaluate_derived(net: SuperNet, genotype: Genotype, train_data, valid_data, images: int, batch_size: int,
+                     device, memory_format=torch.contiguous_format, autocast=nullcontext) -> dict:
+    """Eval-mode accuracy of the derived cell inside the supernet (its chosen op per kept edge, the rest
+    dropped) on the first `images` held-out images. The supernet's BN statistics were gathered over
+    sampled paths, so they are first re-estimated for the derived network on as many (un-augmented)
+    training images, as one-shot NAS evaluations do; every buffer is restored afterwards."""
+    if images <= 0 or len(valid_data) == 0:
+        return {"derived_acc": None, "derived_loss": None}
+    samples = net.derived_samples(genotype)
+    samples = {k: Sample(v.weights.to(device), v.index, True, v.index_list) for k, v in samples.items()}
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = {k: v.clone() for k, v in net.state_dict().items() if "running" in k or "num_batches" in k}
+    momenta = [m.momentum for m in bns]
+    was_training, skip_p = net.training, net.skip_dropout
+    try:
+        net.set_skip_dropout(0.0)
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration batches
+        net.train()
+        n_cal = min(images, len(train_data))
+        for i in range(0, n_cal, batch_size):
+            x = normalize(train_data.images[i:i + batch_size].to(device), train_data.mean, train_data.std,
+                          memory_format=memory_format)
+            with autocast():
+                net(x, samples)
+        net.eval()
+        n = min(images, len(valid_data))
+        loss = correct = 0.0
+        for i in range(0, n, batch_size):
+            x = normalize(valid_data.images[i:min(n, i + batch_size)].to(device), train_data.mean, train_data.std,
+                          memory_format=memory_format)
+            y = valid_data.labels[i:min(n, i + batch_size)].to(device)
+            with autocast():
+                logits = net(x, samples).float()
+            loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += float((logits.argmax(1) == y).sum())
+        return {"derived_acc": correct / n, "derived_loss": loss / n, "derived_images": n}
+    finally:
+        net.load_state_dict(saved, strict=False)
+        for m, mom in zip(bns, momenta, strict=True):
+            m.momentum = mom
+        net.set_skip_dropout(skip_p)
+        net.train(was_training)
 
 
 def write_results(run: RunDir, searcher: Searcher, genotype: Genotype) -> None:
@@ -461,7 +595,7 @@ def _main(args: dict) -> int:
         cfg = cfglib.config_for_resume(SearchConfig, state["config"], args,
                                        ("device", "workers", "dist_timeout", "accumulate"))
     else:
-        cfg = cfglib.build_config(SearchConfig, PRESETS, args, "pdarts")
+        cfg = cfglib.build_config(SearchConfig, PRESETS, args, "progressive")
         run_path = Path(cfg.out) if cfg.out else default_run_dir("search")
         state = None
     if cfg.workers:

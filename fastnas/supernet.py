@@ -112,8 +112,12 @@ class SearchCell(nn.Module):
             s = None
             for j, h in enumerate(states):
                 e = offset + j
+                if hard is not None and hard[e] < 0:  # an edge the derived cell drops
+                    continue
                 y = self.edges[e](h, sample.weights[e], None if hard is None else hard[e])
                 s = y if s is None else s + y
+            if s is None:
+                raise ValueError("SearchCell: a node has no incoming edge in this sample")
             offset += len(states)
             states.append(s)
         return torch.cat(states[-self.multiplier :], dim=1)
@@ -226,6 +230,31 @@ class SuperNet(nn.Module):
         out = self.global_pooling(s1)
         return self.classifier(out.flatten(1))
 
+    def derived_samples(self, genotype: Genotype) -> dict[str, Sample]:
+        """Hard samples that run `genotype` inside this supernet: per kept edge its chosen op (weight 1),
+        every other edge dropped. The supernet's own weights then score the derived cell."""
+        samples = {}
+        for cell in CELL_TYPES:
+            names = self.edge_primitives[cell]
+            alpha = self.named_arch_parameters()[cell]
+            weights = torch.zeros_like(alpha, dtype=torch.float32)
+            index = [-1] * len(names)
+            start = 0
+            pairs = getattr(genotype, cell)
+            if len(pairs) != 2 * self.steps:
+                raise ValueError(f"derived_samples: {cell} cell of the genotype has {len(pairs)} edges, "
+                                 f"{2 * self.steps} expected")
+            for i in range(self.steps):
+                for op, j in pairs[2 * i: 2 * i + 2]:
+                    e = start + j
+                    if op not in names[e]:
+                        raise ValueError(f"derived_samples: {op!r} is not a candidate of {cell} edge {e}")
+                    index[e] = names[e].index(op)
+                    weights[e, index[e]] = 1.0
+                start += 2 + i
+            samples[cell] = Sample(weights, torch.tensor(index), hard=True, index_list=index)
+        return samples
+
     # ----------------------------------------------------------------- derivation
     def probabilities(self, sampler: Sampler | None = None) -> dict[str, Tensor]:
         """Per-edge op probabilities (softmax of alpha, or the sampler's notion of them)."""
@@ -298,12 +327,29 @@ def derive_genotype(supernet: SuperNet, max_skip_normal: int | None = 2, sampler
     return Genotype(cells["normal"], concat, cells["reduce"], concat)
 
 
+PARAMETER_FREE = ("skip_connect", "max_pool_3x3", "avg_pool_3x3", "none", "noise")
+
+
+def cell_stats(genotype: Genotype, capped_from: Genotype | None = None) -> dict:
+    """Collapse indicators of a derived normal cell: its skip connections and parameter-free ops, and
+    (given the uncapped derivation `capped_from`) how many skips the skip cap removed."""
+    ops = [op for op, _ in genotype.normal]
+    out = {"normal_skips": ops.count("skip_connect"),
+           "normal_param_free": sum(op in PARAMETER_FREE for op in ops),
+           "reduce_param_free": sum(op in PARAMETER_FREE for op, _ in genotype.reduce)}
+    if capped_from is not None:
+        uncapped = sum(op == "skip_connect" for op, _ in capped_from.normal)
+        out["skips_removed_by_cap"] = max(0, uncapped - out["normal_skips"])
+    return out
+
+
 def prune_primitives(supernet: SuperNet, keep: int, drop_zero_first: bool = False,
                      sampler: Sampler | None = None,
                      probabilities: dict[str, Tensor] | None = None) -> dict[str, list[list[str]]]:
     """Per edge, the `keep` most probable candidates (in their original order), for the next stage's
-    ``edge_primitives``. With `drop_zero_first`, 'none' goes before anything else (P-DARTS' last
-    stage)."""
+    ``edge_primitives``. Between stages P-DARTS keeps 'none' by its probability like any op (the final
+    derivation excludes it); `drop_zero_first` puts 'none' out before anything else, as P-DARTS does
+    only when it prunes down to the single op per edge after its last stage."""
     probs = probabilities if probabilities is not None else supernet.probabilities(sampler)
     out = {}
     for cell in CELL_TYPES:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from fastnas import config as cfglib
 from fastnas import distributed
 from fastnas.config import ConfigError, RunOptions, opt
-from fastnas.data import BatchStream, augment, load_dataset, normalize
+from fastnas.data import BatchStream, augment, cutout, load_dataset, normalize
 from fastnas.genotype import Genotype, GenotypeError
 from fastnas.network import EvalNetwork
 from fastnas.runs import (
@@ -46,7 +46,8 @@ class TrainConfig(RunOptions):
     """All options of a retraining run (see ``python -m fastnas.train --help``)."""
 
     genotype: str | None = opt(None, "published name, genotype.json, search run dir or DARTS Genotype(...) string")
-    preset: str = opt("darts", "darts (the published recipe) or smoke (seconds on a CPU)", choices=["darts", "smoke"])
+    preset: str = opt("darts", "darts (the published recipe), quick (the study's CPU budget) or smoke (seconds)",
+                      choices=["darts", "quick", "smoke"])
     channels: int = opt(36, "initial channels C")
     layers: int = opt(20, "cells")
     auxiliary: bool = opt(True, "auxiliary head after 2/3 of the depth")
@@ -64,6 +65,7 @@ class TrainConfig(RunOptions):
     pin_memory: bool = opt(True, "pinned host memory for batches copied to a GPU")
     export: bool = opt(True, "export the final model (safetensors or state dict, and torch.export)")
     sync_bn: bool = opt(False, "SyncBatchNorm across processes (GPU runs under torchrun)")
+    plots: bool = opt(True, "write curves.png (loss, accuracy, learning rate per epoch)")
 
     def validate(self) -> None:
         if not self.genotype:
@@ -80,6 +82,10 @@ class TrainConfig(RunOptions):
 
 PRESETS: dict[str, dict] = {
     "darts": {},
+    # The CPU retraining budget of `fastnas.study` on the embedded data: ~100 steps of a small network,
+    # the same for every cell compared; 500 test images.
+    "quick": {"channels": 8, "layers": 5, "epochs": 3, "batch_size": 64, "embedded_size": 2000, "lr": 0.05,
+              "drop_path": 0.1, "cutout": 0},
     "smoke": {"channels": 8, "layers": 5, "epochs": 5, "batch_size": 64, "embedded_size": 1500, "lr": 0.05,
               "drop_path": 0.1, "cutout": 0},
 }
@@ -151,8 +157,9 @@ class Trainer:
         t0 = time.perf_counter()
         for _ in range(steps):
             images, labels = self.to_device(*self.stream.next())
-            x = normalize(augment(images, cutout=cfg.cutout), self.train_data.mean, self.train_data.std,
+            x = normalize(augment(images), self.train_data.mean, self.train_data.std,
                           memory_format=self.memory_format)
+            x = cutout(x, cfg.cutout)
             with self.autocast():
                 logits, aux = self.forward(x)
                 loss = F.cross_entropy(logits.float(), labels)
@@ -372,6 +379,13 @@ def _train(cfg: TrainConfig, run_path: Path, state: dict | None, genotype: Genot
         "train_time_s": trainer.elapsed, "seed": cfg.seed, "dataset": cfg.dataset, "exported": exported,
     }
     run.write_json("report.json", result)
+    if cfg.plots and run.enabled:
+        try:
+            from fastnas import plots
+
+            plots.train_curves(run.path)
+        except Exception as exc:  # a picture is a convenience: report, don't fail the run
+            run.log(f"warning: curves.png not drawn: {type(exc).__name__}: {exc}")
     run.log(f"final test error {result['final_test_error'] * 100:.2f}% after {trainer.epoch} epochs (seed {cfg.seed}; "
             f"best epoch {trainer.best['epoch']}: {(1 - trainer.best['test_acc']) * 100:.2f}%, shown for reference)")
     run.close()

@@ -24,16 +24,24 @@ def test_smoke_search_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr
     for name in ("config.yaml", "metrics.jsonl", "metrics.csv", "run.log", "checkpoint.pt", "genotype.json",
                  "genotype.txt", "normal.dot", "reduce.dot", "summary.json",
-                 "genotype_stage1.json", "genotype_stage2.json", "genotype_stage3.json"):
+                 "genotype_stage1.json", "genotype_stage2.json", "genotype_stage3.json",
+                 "cells.png", "search_curves.png", "op_probabilities_stage1.png", "op_probabilities_stage3.png"):
         assert (out / name).is_file(), name
+    for png in out.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000, png
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["epoch"]) for r in rows] == [(1, 1), (2, 1), (2, 2), (3, 1), (3, 2)]
-    # pruning 8 -> 5 -> 3, zero dropped first in the last stage
+    # pruning 8 -> 5 -> 3
     assert [len(r["op_probabilities"]["normal"]["primitives"][0]) for r in rows] == [8, 5, 5, 3, 3]
-    assert all("none" not in p for p in rows[-1]["op_probabilities"]["normal"]["primitives"])
     # stage 1 has no warm-up; stages 2 and 3 start with one weights-only epoch
     assert [r["valid_loss"] is None for r in rows] == [False, True, False, True, False]
-    assert rows[1]["tau"] == 5.0 and rows[2]["tau"] == 1.0
+    # gumbel-hard: tau_start (10) through the warm-up; a single search epoch runs at tau_start too
+    assert rows[1]["tau"] == 10.0 and rows[2]["tau"] == 10.0
+    assert all(0 < r["entropy_normal"] <= r["entropy_max"] + 1e-6 for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    for stage in summary["stages"]:
+        assert 0 <= stage["derived_acc"] <= 1
+        assert {"normal_skips", "normal_param_free", "skips_removed_by_cap"} <= set(stage)
     g = Genotype.from_json(out / "genotype.json")
     assert sum(op == "skip_connect" for op, _ in g.normal) <= 2
     assert Genotype.parse((out / "genotype.txt").read_text()) == g

@@ -26,7 +26,8 @@ def test_smoke_retrain_learns_and_exports(tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
     assert rows[0]["drop_path"] == 0.0 and rows[-1]["drop_path"] > 0  # ramped
-    for name in ("config.yaml", "metrics.csv", "run.log", "best.pt", "last.pt", "genotype.json", "model.pt2"):
+    for name in ("config.yaml", "metrics.csv", "run.log", "best.pt", "last.pt", "genotype.json", "model.pt2",
+                 "curves.png"):
         assert (out / name).is_file(), name
     assert (out / "model.safetensors").is_file() or (out / "model_state_dict.pt").is_file()
     assert "final test error" in r.stdout and "best epoch" in r.stdout

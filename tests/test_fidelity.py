@@ -1,0 +1,290 @@
+"""Fidelity of the search to the published methods: temperatures, fresh samples, pruning, presets,
+clipping, logging, cutout, the derived cell's evaluation, and architecture gradients of every sampler
+against finite differences."""
+
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastnas import config as cfglib
+from fastnas.config import ConfigError
+from fastnas.data import ImageData, cutout
+from fastnas.genotype import Genotype
+from fastnas.runs import RunDir
+from fastnas.sampler import Sample, make_sampler
+from fastnas.search import PRESETS, SearchConfig, Searcher, evaluate_derived, temperature_schedule
+from fastnas.supernet import SuperNet, cell_stats, derive_genotype
+
+
+def config(**kw) -> SearchConfig:
+    return cfglib.build_config(SearchConfig, PRESETS, kw, "progressive")
+
+
+def tiny(tmp_path, **kw) -> Searcher:
+    """A one- or two-stage searcher on 64 embedded images, 2 steps per epoch."""
+    base = dict(preset="smoke", cells=[3], channels=[4], ops_kept=[8], skip_dropout=[0.0], epochs=[3],
+                warmup_epochs=[1], embedded_size=64, batch_size=16, max_steps=2, plots=False,
+                derived_eval_images=32)
+    base.update(kw)
+    cfg = config(**base)
+    return Searcher(cfg, RunDir(tmp_path / "run"), torch.device("cpu"))
+
+
+# ----------------------------------------------------------------- temperatures
+def test_softmax_and_dirichlet_ignore_the_gumbel_schedule():
+    assert temperature_schedule(config(sampler="softmax")) is None
+    assert temperature_schedule(config(sampler="dirichlet")) is None
+    sched = temperature_schedule(config(sampler="softmax", tau_start=2.0))  # asked for: constant 2
+    assert sched(0, 10) == sched(9, 10) == 2.0
+    g = temperature_schedule(config(sampler="gumbel-hard"))
+    assert (g.start, g.end) == (10.0, 0.1)
+    with pytest.raises(ConfigError, match="takes no temperature"):
+        config(sampler="dirichlet", tau_start=5.0)
+
+
+def test_softmax_sampler_is_darts_softmax_in_training_and_derivation(tmp_path):
+    s = tiny(tmp_path, sampler="softmax")
+    s.build_stage(0)
+    for epoch in range(3):
+        assert s.temperature(0, epoch) == 1.0
+    with torch.no_grad():
+        s.net.alpha_normal.copy_(torch.randn_like(s.net.alpha_normal))
+    probs = s.net.probabilities(s.sampler)["normal"]
+    torch.testing.assert_close(probs, F.softmax(s.net.alpha_normal.detach(), -1))
+
+
+def test_temperature_anneals_over_the_search_epochs_only(tmp_path):
+    s = tiny(tmp_path, sampler="gumbel-hard", epochs=[5], warmup_epochs=[2])
+    taus = [s.temperature(0, e) for e in range(5)]
+    assert taus[0] == taus[1] == taus[2] == 10.0  # warm-up holds tau_start; the first search epoch starts there
+    assert taus[4] == pytest.approx(0.1)  # and the last search epoch ends at tau_end
+    assert taus[3] == pytest.approx((10.0 + 0.1) / 2)
+
+
+# ----------------------------------------------------------------- samples per step
+@pytest.mark.parametrize("resample, per_step", [(True, 2), (False, 1)])
+def test_architecture_step_draws_a_fresh_sample(tmp_path, monkeypatch, resample, per_step):
+    s = tiny(tmp_path, arch_resample=resample, epochs=[1], warmup_epochs=[0])
+    s.build_stage(0)
+    calls = []
+    original = SuperNet.sample
+    monkeypatch.setattr(SuperNet, "sample", lambda self, sampler: calls.append(1) or original(self, sampler))
+    s.train_epoch(0, 0)
+    assert len(calls) == per_step * 2  # 2 steps
+
+
+# ----------------------------------------------------------------- pruning keeps 'none'
+def test_pruning_between_stages_keeps_none_by_its_probability(tmp_path):
+    s = tiny(tmp_path, cells=[3, 3], channels=[4, 4], ops_kept=[8, 3], skip_dropout=[0.0, 0.0], epochs=[1, 1],
+             warmup_epochs=[0, 0])
+    s.build_stage(0)
+    none = s.net.edge_primitives["normal"][0].index("none")
+    with torch.no_grad():
+        s.net.alpha_normal[:, none] = 5.0  # 'none' is the most probable op everywhere
+    s.finish_stage(0)
+    assert all("none" in ops for ops in s.edge_primitives["normal"])
+    # ... but the derivation never picks it
+    assert all(op != "none" for op, _ in derive_genotype(s.net, 2, s.sampler).normal)
+
+
+# ----------------------------------------------------------------- presets
+def test_pdarts_is_pdarts_and_the_default_is_the_progressive_gumbel_method():
+    p = config(preset="pdarts")
+    assert (p.sampler, p.arch_lr, p.cells, p.ops_kept, p.skip_dropout) == (
+        "softmax", 6e-4, [5, 11, 17], [8, 5, 3], [0.0, 0.4, 0.7])
+    assert temperature_schedule(p) is None
+    d = config()
+    assert (d.preset, d.sampler, d.arch_lr, d.arch_grad_clip) == ("progressive", "gumbel-hard", 3e-4, 5.0)
+    assert (temperature_schedule(d).start, temperature_schedule(d).end) == (10.0, 0.1)
+
+
+# ----------------------------------------------------------------- clipping and logging
+def test_architecture_gradient_is_clipped(tmp_path):
+    s = tiny(tmp_path, arch_grad_clip=1e-6, arch_lr=0.0)
+    s.build_stage(0)
+    samples = s.net.sample(s.sampler)
+    gen = torch.Generator().manual_seed(0)
+    s.arch_step(samples, [s.batch(s.valid_streams[0], gen)])
+    norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in s.net.arch_parameters()))
+    assert 0 < float(norm) <= 1e-6 * 1.001
+
+
+def test_logged_lr_is_the_epochs_own(tmp_path):
+    s = tiny(tmp_path, lr=0.1, epochs=[2], warmup_epochs=[1])
+    s.build_stage(0)
+    rows = [s.train_epoch(0, 0), s.train_epoch(0, 1)]
+    assert rows[0]["lr"] == pytest.approx(0.1)  # cosine: the first epoch trains at the initial lr
+    assert rows[1]["lr"] == pytest.approx(0.05)
+    assert rows[0]["entropy_normal"] <= rows[0]["entropy_max"] + 1e-6
+
+
+# ----------------------------------------------------------------- cutout
+def test_cutout_is_a_16x16_square_of_the_mean_colour_after_normalisation():
+    x = torch.full((64, 3, 32, 32), 3.0)
+    out = cutout(x, 16, torch.Generator().manual_seed(0))
+    for img in out:
+        zero = img[0] == 0
+        assert torch.equal(zero, img[1] == 0) and torch.equal(zero, img[2] == 0)  # all channels
+        rows, cols = zero.any(1).nonzero().flatten(), zero.any(0).nonzero().flatten()
+        assert int(zero.sum()) == len(rows) * len(cols)  # one rectangle
+        assert len(rows) <= 16 and len(cols) <= 16
+        inside_y = rows.min() > 0 and rows.max() < 31
+        inside_x = cols.min() > 0 and cols.max() < 31
+        if inside_y:
+            assert len(rows) == 16
+        if inside_x:
+            assert len(cols) == 16
+    assert (out != 0).any() and torch.equal(cutout(x, 0), x)
+
+
+# ----------------------------------------------------------------- the derived cell inside the supernet
+def test_derived_samples_run_exactly_the_genotype(tmp_path):
+    net = SuperNet(4, 3, 10)
+    geno = derive_genotype(net, 2)
+    samples = net.derived_samples(geno)
+    ran = []
+    hooks = [m.register_forward_hook(lambda m, i, o: ran.append(1)) for c in net.cells for m in c.edges]
+    net(torch.randn(2, 3, 16, 16), samples)
+    for h in hooks:
+        h.remove()
+    assert len(ran) == 8 * len(net.cells)  # 2 edges per node, 4 nodes, every cell
+
+
+def test_evaluate_derived_scores_and_restores_the_supernet(tmp_path):
+    net = SuperNet(4, 3, 10)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    data = ImageData(torch.randint(0, 256, (40, 3, 16, 16), dtype=torch.uint8), torch.randint(0, 10, (40,)), 10,
+                     (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "t")
+    out = evaluate_derived(net, derive_genotype(net, 2), data, data, 40, 16, torch.device("cpu"))
+    assert 0.0 <= out["derived_acc"] <= 1.0 and out["derived_images"] == 40
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert net.training
+
+
+def test_cell_stats_count_collapse():
+    g = Genotype.parse("Genotype(normal=[('skip_connect', 0), ('skip_connect', 1), ('max_pool_3x3', 0), "
+                       "('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('avg_pool_3x3', 1), ('sep_conv_3x3', 0), "
+                       "('sep_conv_3x3', 1)], normal_concat=range(2, 6), reduce=[('max_pool_3x3', 0), "
+                       "('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 0), ('max_pool_3x3', 0), "
+                       "('skip_connect', 2), ('skip_connect', 2), ('avg_pool_3x3', 0)], reduce_concat=range(2, 6))")
+    uncapped = Genotype(g.reduce, g.reduce_concat, g.reduce, g.reduce_concat)  # 3 skips in its "normal"
+    stats = cell_stats(g, uncapped)
+    assert stats == {"normal_skips": 2, "normal_param_free": 4, "reduce_param_free": 8, "skips_removed_by_cap": 1}
+
+
+# ----------------------------------------------------------------- arch gradients vs finite differences
+def _tiny_net():
+    torch.manual_seed(0)
+    net = SuperNet(3, 3, 4, primitives=["none", "avg_pool_3x3", "skip_connect", "sep_conv_3x3"]).double()
+    with torch.no_grad():
+        net.alpha_normal.copy_(0.5 * torch.randn_like(net.alpha_normal))
+        net.alpha_reduce.copy_(0.5 * torch.randn_like(net.alpha_reduce))
+    net.eval()  # BN on running stats: a smooth, deterministic function of the weights
+    x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3])
+    return net, x, y
+
+
+def _fd(f, alpha, eps=1e-6):
+    g = torch.zeros_like(alpha)
+    for idx in range(alpha.numel()):
+        with torch.no_grad():
+            flat = alpha.view(-1)
+            old = float(flat[idx])
+            flat[idx] = old + eps
+            up = f()
+            flat[idx] = old - eps
+            down = f()
+            flat[idx] = old
+        g.view(-1)[idx] = (up - down) / (2 * eps)
+    return g
+
+
+@pytest.mark.parametrize("name", ["softmax", "gumbel-soft"])
+def test_soft_sampler_arch_gradient_matches_finite_differences(name):
+    net, x, y = _tiny_net()
+    tau = 0.7
+    noise = {c: -torch.log(-torch.log(torch.rand(a.shape, dtype=torch.float64)))
+             for c, a in net.named_arch_parameters().items()}
+
+    def loss():
+        samples = {}
+        for c, a in net.named_arch_parameters().items():
+            z = a / tau if name == "softmax" else (a + noise[c]) / tau
+            samples[c] = Sample(F.softmax(z, -1))
+        return F.cross_entropy(net(x, samples), y)
+
+    if name == "softmax":  # the sampler object itself, not a copy of its formula
+        sampler = make_sampler("softmax", tau=tau)
+        samples = {c: sampler(a) for c, a in net.named_arch_parameters().items()}
+        torch.testing.assert_close(F.cross_entropy(net(x, samples), y), loss())
+    grads = torch.autograd.grad(loss(), net.arch_parameters())
+    for a, g in zip(net.arch_parameters(), grads, strict=True):
+        torch.testing.assert_close(g, _fd(lambda: float(loss()), a), atol=1e-7, rtol=1e-5)
+
+
+def test_gumbel_sampler_with_given_noise_matches_the_soft_formula():
+    from fastnas import ops
+
+    alpha = torch.randn(14, 5, dtype=torch.float64, requires_grad=True)
+    u = torch.rand(14, 5, dtype=torch.float64)
+    gumbel = -torch.log(-torch.log(u))
+    w, _ = ops.gumbel_softmax(alpha, 0.5, False, noise=gumbel)
+    torch.testing.assert_close(w, F.softmax((alpha + gumbel) / 0.5, -1))
+
+
+def test_hard_sampler_straight_through_gradient_matches_finite_differences():
+    """GDAS: the forward runs one op per edge; the alpha gradient is dL/dw (taken at the one-hot w, the
+    unsampled ops entering as w_k * 1) through the soft probabilities' Jacobian. Both factors are
+    checked by finite differences: the loss in w with the path fixed, and softmax((alpha + g) / tau)."""
+    from fastnas import ops
+
+    net, x, y = _tiny_net()
+    tau = 0.8
+    noise = {c: -torch.log(-torch.log(torch.rand(a.shape, dtype=torch.float64)))
+             for c, a in net.named_arch_parameters().items()}
+    samples = {}
+    for c, a in net.named_arch_parameters().items():
+        w, index = ops.gumbel_softmax(a, tau, True, noise=noise[c])
+        samples[c] = Sample(w, index, hard=True, index_list=index.tolist())
+    grads = torch.autograd.grad(F.cross_entropy(net(x, samples), y), net.arch_parameters())
+    for (c, a), g in zip(net.named_arch_parameters().items(), grads, strict=True):
+        hard = samples[c]
+        w0 = hard.weights.detach().clone().requires_grad_(False)
+
+        def loss_in_w(w, c=c, hard=hard):
+            s = dict(samples)
+            s = {k: Sample(v.weights.detach(), v.index, True, v.index_list) for k, v in s.items()}
+            s[c] = Sample(w, hard.index, True, hard.index_list)
+            return float(F.cross_entropy(net(x, s), y))
+
+        dl_dw = _fd(lambda w0=w0, f=loss_in_w: f(w0), w0)
+        soft = F.softmax((a.detach() + noise[c]) / tau, -1)
+        # d soft_k / d alpha_j = soft_k (delta_kj - soft_j) / tau, per edge
+        expected = soft * (dl_dw - (dl_dw * soft).sum(-1, keepdim=True)) / tau
+        torch.testing.assert_close(g, expected, atol=1e-7, rtol=1e-5)
+        assert torch.equal(hard.index, (a.detach() + noise[c]).argmax(-1))
+
+
+def test_dirichlet_pathwise_gradient_matches_the_expectation():
+    """DrNAS' reparameterized Dirichlet: averaged over samples, the pathwise gradient of a linear loss
+    sum(w * c) must equal the gradient of its expectation sum(c * m), m = conc / sum(conc), conc =
+    elu(alpha) + 1, which finite differences give (torch's Dirichlet gradient is an approximation and a
+    single fixed-seed draw is not smooth in alpha, so one sample cannot be compared)."""
+    torch.manual_seed(0)
+    alpha = (0.7 * torch.randn(3, 5, dtype=torch.float64)).requires_grad_(True)
+    c = torch.randn(3, 5, dtype=torch.float64)
+    n = 40000
+    sampler = make_sampler("dirichlet", generator=torch.Generator().manual_seed(3))
+    w = sampler(alpha.repeat(n, 1)).weights.view(n, 3, 5)
+    (grad,) = torch.autograd.grad((w * c).sum() / n, alpha)
+
+    def expected():
+        conc = F.elu(alpha) + 1
+        return float((c * conc / conc.sum(-1, keepdim=True)).sum())
+
+    torch.testing.assert_close(grad, _fd(expected, alpha), atol=0.02, rtol=0.05)
+    torch.testing.assert_close(sampler.probabilities(alpha).double(), (F.elu(alpha.detach()) + 1) /
+                               (F.elu(alpha.detach()) + 1).sum(-1, keepdim=True))

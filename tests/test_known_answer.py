@@ -1,0 +1,44 @@
+"""Known-answer search test (RobustDARTS' S4 space): over {sep_conv_3x3, noise}, a search that searches
+prefers the convolution. Gaussian noise carries no information about the input, so an architecture
+step that scores it no worse than a trained convolution is not measuring anything.
+
+The budget: one stage of 4 cells (two normal cells feed the normal alphas), C=8, 500 + 500 embedded
+images, 3 warm-up epochs so the convolutions carry signal before the architecture moves (a supernet at
+chance gives the architecture step nothing to compare), then 5 search epochs with --arch-travel 4.
+About a minute per sampler on 2 cores."""
+
+import json
+
+import pytest
+
+from fastnas.search import main
+
+ARGS = ["--preset", "smoke", "--primitives", "sep_conv_3x3", "noise", "--ops-kept", "2", "--cells", "4",
+        "--channels", "8", "--skip-dropout", "0", "--embedded-size", "1000", "--batch-size", "32", "--lr", "0.1",
+        "--epochs", "8", "--warmup-epochs", "3", "--arch-travel", "4.0", "--no-plots", "--derived-eval-images", "0"]
+
+SAMPLERS = [
+    pytest.param("softmax", [], id="softmax"),
+    pytest.param("dirichlet", [], id="dirichlet"),
+    # Measured at this budget: the Gumbel samplers train a (near-)random path per step, and their supernet
+    # learns too little in ~130 steps for the architecture gradient to tell noise from a convolution:
+    # gumbel-hard 7/14 (train accuracy 0.20), gumbel-soft 10/14 at tau 10 -> 0.1 and 7/14 at tau 1 -> 0.1
+    # (lower temperature = closer to one path). Kept visible as known failures, not hidden.
+    pytest.param("gumbel-soft", [], id="gumbel-soft", marks=pytest.mark.xfail(
+        reason="gumbel-soft needs more steps than a CI budget to train its supernet (benchmarks/README.md)",
+        strict=False)),
+    pytest.param("gumbel-hard", [], id="gumbel-hard", marks=pytest.mark.xfail(
+        reason="gumbel-hard needs far more steps than a CI budget to train its supernet (benchmarks/README.md)",
+        strict=False)),
+]
+
+
+@pytest.mark.parametrize("sampler, extra", SAMPLERS)
+def test_search_prefers_convolution_over_noise(tmp_path, sampler, extra):
+    out = tmp_path / sampler
+    assert main([*ARGS, "--sampler", sampler, *extra, "--out", str(out)]) == 0
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    entry = last["op_probabilities"]["normal"]
+    prefers = sum(p[names.index("sep_conv_3x3")] > p[names.index("noise")]
+                  for names, p in zip(entry["primitives"], entry["p"], strict=True))
+    assert prefers >= 12, f"{sampler}: sep_conv_3x3 preferred on only {prefers} of 14 normal edges"

@@ -1,0 +1,82 @@
+"""fastnas.study: random genotypes under the search's rules, the comparison arithmetic, and a tiny study
+end to end with resume."""
+
+import json
+import random
+
+import pytest
+
+from fastnas.genotype import Genotype
+from fastnas.primitives import PRIMITIVES
+from fastnas.study import _compare, main, random_genotype
+
+
+def test_random_genotypes_follow_the_search_rules():
+    rng = random.Random(0)
+    seen = set()
+    for _ in range(300):
+        g = random_genotype(rng, PRIMITIVES, max_skip=2)
+        g.validate()
+        for cell in ("normal", "reduce"):
+            pairs = getattr(g, cell)
+            assert all(op != "none" and op in PRIMITIVES for op, _ in pairs)
+            for i in range(4):
+                (_, a), (_, b) = pairs[2 * i: 2 * i + 2]
+                assert a != b and max(a, b) < i + 2  # two distinct earlier nodes
+        assert sum(op == "skip_connect" for op, _ in g.normal) <= 2
+        seen.add(str(g))
+    assert len(seen) == 300
+    # every op and every input choice turns up: uniform over the space, not a few favourites
+    ops = {op for s in seen for op, _ in Genotype.parse(s).normal}
+    assert ops == set(PRIMITIVES) - {"none"}
+    assert random_genotype(random.Random(1), ["sep_conv_3x3", "skip_connect"], max_skip=0).normal[0][0] == \
+        "sep_conv_3x3"
+
+
+def test_comparison_ranks_and_improvement():
+    out = _compare({"searched": {"gumbel-hard": 0.8, "softmax": 0.5}, "random": [0.4, 0.6, 0.7, 0.9]})
+    assert out["random_mean"] == pytest.approx(0.65)
+    assert out["rank"] == {"gumbel-hard": 2, "softmax": 4}
+    assert out["beats_random_mean"] == {"gumbel-hard": True, "softmax": False}
+    assert out["improvement"]["gumbel-hard"] == pytest.approx(0.15 / 0.65)
+
+
+TINY_SEARCH = "epochs: [1, 1, 1]\nwarmup_epochs: [0, 0, 0]\nembedded_size: 128\nmax_steps: 2\n"
+TINY_TRAIN = "epochs: 1\nembedded_size: 128\nmax_steps: 2\nlayers: 3\nchannels: 4\n"
+
+
+def test_study_end_to_end_and_resume(tmp_path):
+    (tmp_path / "s.yaml").write_text(TINY_SEARCH)
+    (tmp_path / "t.yaml").write_text(TINY_TRAIN)
+    out = tmp_path / "study"
+    args = ["--samplers", "gumbel-hard", "softmax", "--seeds", "0", "1", "--random", "2", "--search-preset", "smoke",
+            "--train-preset", "smoke", "--search-config", str(tmp_path / "s.yaml"), "--train-config",
+            str(tmp_path / "t.yaml"), "--out", str(out)]
+    assert main(args) == 0
+    study = json.loads((out / "study.json").read_text())
+    assert set(study["per_seed"]) == {"0", "1"}
+    for per in study["per_seed"].values():
+        assert set(per["searched"]) == {"gumbel-hard", "softmax"} and len(per["random"]) == 2
+        assert all(0 <= v <= 1 for v in [*per["searched"].values(), *per["random"]])
+        assert 1 <= per["rank"]["softmax"] <= 3
+    assert study["overall"]["seeds_done"] == 2
+    md = (out / "study.md").read_text()
+    assert "| seed |" in md and "searched gumbel-hard" in md
+    assert (out / "study.png").stat().st_size > 1000
+    # the random cells are the same for both seeds, and retrained per seed
+    assert len(json.loads((out / "random_genotypes.json").read_text())) == 2
+    assert (out / "train" / "random1-seed1" / "report.json").is_file()
+    # resume: a removed report is recomputed, everything else is reused
+    (out / "train" / "random0-seed1" / "report.json").unlink()
+    before = (out / "train" / "random1-seed0" / "report.json").read_text()
+    assert main(["--resume", str(out)]) == 0
+    assert (out / "train" / "random0-seed1" / "report.json").is_file()
+    assert (out / "train" / "random1-seed0" / "report.json").read_text() == before
+
+
+def test_study_bad_input(tmp_path, capsys):
+    assert main(["--random", "0", "--out", str(tmp_path / "x")]) == 2
+    assert main(["--resume", str(tmp_path / "missing")]) == 2
+    assert main(["--search-config", str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 3
