@@ -270,6 +270,7 @@ def study_chart(results: dict, path: str | Path) -> Path:
                            label=f"searched ({name})" if i == 0 else None, zorder=3, edgecolor="black")
     ax.set_xticks(range(len(seeds)), [f"seed {s}" for s in seeds])
     ax.set_ylabel("test accuracy after retraining")
-    ax.set_title(f"searched vs random cells ({results.get('dataset', '')}, same retraining recipe per seed)")
+    ax.set_title(f"searched vs random cells, {results.get('dataset', '')}\n"
+                 "(same retraining recipe and seed per column)", fontsize=10)
     ax.legend(fontsize=8, loc="best")
     return _save(fig, path)

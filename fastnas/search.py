@@ -173,7 +173,7 @@ PRESETS: dict[str, dict] = {
     "pdarts": {"sampler": "softmax", "arch_lr": 6e-4},
     # The source's literal reading of "[9, 13, 19]" as per-stage widths.
     "patent": {"channels": [9, 13, 19]},
-    # A few minutes on a 2-core CPU, on the embedded data, and the supernet learns. Measured (see
+    # About 6 minutes on a 2-core CPU, on the embedded data, and the supernet learns. Measured (see
     # benchmarks/README.md): a single-path (gumbel-hard) supernet does not train in the few hundred steps
     # such a budget holds, while softmax trains every candidate each step and learns like a fixed
     # network, so the CPU preset uses softmax. Step costs on a CPU are per op call, not per channel, so
