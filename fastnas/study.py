@@ -40,7 +40,7 @@ def random_genotype(rng: random.Random, primitives=PRIMITIVES, steps: int = 4, m
     ops = [p for p in primitives if p != "none"]
     if not ops:
         raise ConfigError("random genotypes need at least one candidate op besides 'none'")
-    if max_skip is not None and max_skip < 2 * steps and ops == ["skip_connect"] and max_skip < 2 * steps:
+    if max_skip is not None and max_skip < 2 * steps and ops == ["skip_connect"]:
         raise ConfigError("the skip cap cannot be met with skip_connect as the only op")
 
     def cell(cap):
@@ -91,10 +91,7 @@ def _load_options(args) -> dict:
     opts = {k: getattr(args, k) for k in _SAVED}
     opts.update(device=args.device, workers=args.workers, out=args.out)
     if not opts["samplers"]:
-        values = dict(search.PRESETS[opts["search_preset"]])
-        if opts["search_config"]:
-            values.update(cfglib.load_yaml(opts["search_config"]))
-        opts["samplers"] = [values.get("sampler", search.SearchConfig.sampler)]
+        opts["samplers"] = [_search_values(opts).get("sampler", search.SearchConfig.sampler)]
     if opts["random"] < 1 or not opts["seeds"]:
         raise ConfigError("--random must be >= 1 and --seeds non-empty")
     if len(set(opts["seeds"])) != len(opts["seeds"]) or len(set(opts["samplers"])) != len(opts["samplers"]):
@@ -105,11 +102,17 @@ def _load_options(args) -> dict:
     return opts
 
 
-def _search_space(opts) -> tuple[list[str], int | None]:
-    """The primitives and skip cap the searches use (preset, then the search YAML)."""
+def _search_values(opts) -> dict:
+    """The search options the study fixes: the search preset, then the search YAML."""
     values = dict(search.PRESETS[opts["search_preset"]])
     if opts["search_config"]:
         values.update(cfglib.load_yaml(opts["search_config"]))
+    return values
+
+
+def _search_space(opts) -> tuple[list[str], int | None]:
+    """The primitives and skip cap the searches use (preset, then the search YAML)."""
+    values = _search_values(opts)
     prims = list(values.get("primitives", PRIMITIVES))
     if not all(isinstance(p, str) and is_primitive(p) for p in prims):
         raise ConfigError(f"search primitives: unknown op in {prims}")
@@ -124,11 +127,7 @@ def _main(args) -> int:
 
 
 def _common(opts) -> list[str]:
-    out = []
-    for name in ("dataset", "data_dir", "device", "workers"):
-        if opts.get(name) is not None:
-            out += ["--" + name.replace("_", "-"), str(opts[name])]
-    return out
+    return _only(opts, ("dataset", "data_dir", "device", "workers"))
 
 
 def _run_search(opts, sampler: str, seed: int, run_dir: Path, log) -> dict:
