@@ -122,6 +122,8 @@ def _coerce(cls, name: str, value):
             raise ConfigError(f"option {name!r}: expected true/false, got {v!r}")
         if base is float and isinstance(v, int) and not isinstance(v, bool):
             return float(v)
+        if base is str and isinstance(v, (int, float)) and not isinstance(v, bool):
+            return str(v)  # e.g. a budget written as a YAML number
         if not isinstance(v, base) or isinstance(v, bool) and base is not bool:
             raise ConfigError(f"option {name!r}: expected {base.__name__}, got {v!r}")
         return v

@@ -34,6 +34,11 @@ def parse_args(argv=None):
     p.add_argument("--device", default=None, help="default: auto")
     p.add_argument("--search-config", default=None, metavar="FILE.yaml", help="search options (fastnas.search)")
     p.add_argument("--train-config", default=None, metavar="FILE.yaml", help="retraining options (fastnas.train)")
+    p.add_argument("--target-params", default=None, help="search within a parameter budget, e.g. 2.5M")
+    p.add_argument("--target-flops", default=None, help="search within a FLOPs budget (multiply-adds), e.g. 600M")
+    p.add_argument("--target-latency-ms", default=None, help="search within a latency budget (ms)")
+    p.add_argument("--budget-fit", default=None, choices=["exchange", "channels", "report"],
+                   help="how the search brings its cell within the budget (default: exchange)")
     p.add_argument("--out", default=None, help="run directory (default runs/pipeline-<time>)")
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the pipeline run in DIR")
     return p.parse_args(argv)
@@ -61,7 +66,8 @@ def _pipeline(args, ctx) -> int:
             return 2
     else:
         extra = ["--config", args.search_config] if args.search_config else []
-        if search.main(["--preset", search_preset, *extra, *common, "--out", str(search_dir)]) != 0:
+        if search.main(["--preset", search_preset, *extra, *common, *_budget_options(args, train_preset),
+                        "--out", str(search_dir)]) != 0:
             return 2
 
     if (train_dir / "report.json").is_file():
@@ -71,6 +77,7 @@ def _pipeline(args, ctx) -> int:
             return 2
     else:
         extra = ["--config", args.train_config] if args.train_config else []
+        extra += _fitted_channels(search_dir)
         if train.main(["--genotype", str(search_dir), "--preset", train_preset, *extra, *common,
                        "--out", str(train_dir)]) != 0:
             return 2
@@ -87,7 +94,7 @@ def _pipeline(args, ctx) -> int:
         "flops": result["flops"], "search_time_s": summary["search_time_s"],
         "retrain_time_s": result["train_time_s"], "final_test_error": result["final_test_error"],
         "best_epoch_test_acc": result["best_epoch_test_acc"], "epochs": result["epochs"],
-        "dataset": result["dataset"], "seed": result["seed"],
+        "dataset": result["dataset"], "seed": result["seed"], "budget": summary.get("budget"),
     }
     run.write_json("report.json", report)
     md = "\n".join([
@@ -99,12 +106,53 @@ def _pipeline(args, ctx) -> int:
         f"- search time: {report['search_time_s']:.1f} s; retraining time: {report['retrain_time_s']:.1f} s",
         f"- final test error ({report['dataset']}, {report['epochs']} epochs, seed {report['seed']}): "
         f"{report['final_test_error'] * 100:.2f}%",
+        *_budget_lines(report["budget"]),
         "",
     ])
     run.write_text("report.md", md)
     run.log(md)
     run.close()
     return 0
+
+
+def _budget_options(args, train_preset: str) -> list[str]:
+    """The budget flags for the search, with the evaluation network it prices set to the one the
+    retraining will build (its preset, or its config file)."""
+    targets = {"--target-params": args.target_params, "--target-flops": args.target_flops,
+               "--target-latency-ms": args.target_latency_ms}
+    out = [x for k, v in targets.items() if v is not None for x in (k, str(v))]
+    if not out:
+        return []
+    net = {"channels": train.TrainConfig.channels, "layers": train.TrainConfig.layers,
+           **{k: v for k, v in train.PRESETS[train_preset].items() if k in ("channels", "layers")}}
+    if args.train_config:
+        net.update({k: v for k, v in cfglib.load_yaml(args.train_config).items() if k in ("channels", "layers")})
+    out += ["--eval-channels", str(net["channels"]), "--eval-layers", str(net["layers"])]
+    if args.budget_fit:
+        out += ["--budget-fit", args.budget_fit]
+    return out
+
+
+def _fitted_channels(search_dir: Path) -> list[str]:
+    """--channels for the retraining when the search shrank the evaluation channels to fit its budget."""
+    try:
+        budget = json.loads((search_dir / "summary.json").read_text()).get("budget")
+    except (OSError, json.JSONDecodeError):
+        return []
+    if budget and budget.get("fit") == "channels":
+        return ["--channels", str(budget["eval_channels"])]
+    return []
+
+
+def _budget_lines(budget: dict | None) -> list[str]:
+    if not budget:
+        return []
+    from fastnas.cost import human
+
+    h = lambda x: human(x, budget["metric"])  # noqa: E731
+    return [f"- budget: {budget['metric']} <= {h(budget['target'])} (penalty {budget['penalty']}); derived cell "
+            f"{h(budget['derived_cost'])}, final {h(budget['cost'])}, "
+            f"{'within' if budget['meets_budget'] else 'over'} the budget"]
 
 
 def main(argv=None) -> int:

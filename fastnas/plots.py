@@ -202,9 +202,30 @@ def search_curves(rows: list[dict], stages: list[dict], path: str | Path) -> Pat
     return _save(fig, path)
 
 
+def cost_curve(rows: list[dict], path: str | Path) -> Path | None:
+    """The expected cost of the evaluation network per epoch against the budget (budgeted searches)."""
+    pts = [(i, r["expected_cost"]) for i, r in enumerate(rows, 1) if r.get("expected_cost") is not None]
+    if not pts:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(*zip(*pts, strict=True), ".-", label="expected cost (sampler's distribution)")
+    target = rows[-1].get("cost_target")
+    if target:
+        ax.axhline(target, color="crimson", ls="--", label="target")
+    for i in range(1, len(rows)):
+        if rows[i]["stage"] != rows[i - 1]["stage"]:
+            ax.axvline(i + 0.5, color="#cccccc", lw=1, ls="--")
+    ax.set_xlabel("epoch (all stages)")
+    ax.set_title("cost of the evaluation network")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def search_plots(run_dir: str | Path, stages: list[dict]) -> list[Path]:
     """All search pictures for the stages finished so far: cells.png (the latest stage's cells),
-    op_probabilities_stage{N}.png (each finished stage's last epoch), search_curves.png."""
+    op_probabilities_stage{N}.png (each finished stage's last epoch), search_curves.png, and budget.png
+    for a budgeted search."""
     run_dir = Path(run_dir)
     rows = _read_rows(run_dir)
     written = []
@@ -220,6 +241,9 @@ def search_plots(run_dir: str | Path, stages: list[dict]) -> list[Path]:
                                                f"stage {s['stage']}: op probabilities at its last epoch"))
     if rows:
         written.append(search_curves(rows, stages, run_dir / "search_curves.png"))
+        budget = cost_curve(rows, run_dir / "budget.png")
+        if budget is not None:
+            written.append(budget)
     return written
 
 

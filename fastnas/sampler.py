@@ -61,9 +61,13 @@ class Sampler:
     def __call__(self, alpha: Tensor) -> Sample:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def expected_probabilities(self, alpha: Tensor) -> Tensor:
+        """The distribution's per-edge op probabilities, differentiable in `alpha` (expected costs)."""
+        return F.softmax(alpha, dim=-1)
+
     def probabilities(self, alpha: Tensor) -> Tensor:
         """The distribution's per-edge op probabilities (for logging and derivation)."""
-        return F.softmax(alpha.detach().float(), dim=-1)
+        return self.expected_probabilities(alpha.detach().float())
 
     def state_dict(self) -> dict:
         return {"name": self.name, "tau": self.tau}
@@ -100,8 +104,8 @@ class SoftmaxSampler(Sampler):
     def __call__(self, alpha: Tensor) -> Sample:
         return Sample(F.softmax(alpha / self.tau, dim=-1))
 
-    def probabilities(self, alpha: Tensor) -> Tensor:
-        return F.softmax(alpha.detach().float() / self.tau, dim=-1)
+    def expected_probabilities(self, alpha: Tensor) -> Tensor:
+        return F.softmax(alpha / self.tau, dim=-1)
 
 
 class DirichletSampler(Sampler):
@@ -119,9 +123,9 @@ class DirichletSampler(Sampler):
             torch.manual_seed(seed)
             return Sample(torch.distributions.Dirichlet(concentration).rsample())
 
-    def probabilities(self, alpha: Tensor) -> Tensor:
+    def expected_probabilities(self, alpha: Tensor) -> Tensor:
         # Mean of the Dirichlet: what DrNAS derives the genotype from.
-        c = F.elu(alpha.detach().float()) + 1
+        c = F.elu(alpha) + 1
         return c / c.sum(-1, keepdim=True)
 
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from fastnas import config as cfglib
 from fastnas import distributed, plots
 from fastnas.config import ConfigError, RunOptions, opt
+from fastnas.cost import CostPenalty, make_penalty, parse_amount
 from fastnas.data import BatchStream, augment, load_dataset, normalize, split_train
 from fastnas.genotype import Genotype
 from fastnas.primitives import PRIMITIVES, is_primitive
@@ -95,6 +96,24 @@ class SearchConfig(RunOptions):
     derived_eval_images: int = opt(10000, "held-out images scoring the derived cell inside the supernet at the end "
                                           "of each stage (0: skip)")
     plots: bool = opt(True, "write PNG plots (cells, op probabilities, curves) into the run directory")
+    # budget: a cost of the evaluation network in the architecture loss (one target at a time)
+    target_params: str | None = opt(None, "parameter budget of the evaluation network, e.g. 2.5M")
+    target_flops: str | None = opt(None, "FLOPs budget (multiply-adds per image) of the evaluation network, e.g. 600M")
+    target_latency_ms: float | None = opt(None, "latency budget (ms per batch) of the evaluation network on "
+                                                "--latency-device")
+    cost_penalty: str = opt("absolute", "form of the cost term: linear (ProxylessNAS), absolute (TuNAS) or log "
+                            "(FBNet)", choices=list(CostPenalty.FORMS))
+    cost_strength: float = opt(1.0, "weight of the cost term (the cost is taken relative to the target)")
+    budget_fit: str = opt("exchange", "when the derived network is over the target: exchange ops for cheaper "
+                          "ones (least probability lost per unit of cost), shrink the evaluation channels, "
+                          "or only report", choices=["exchange", "channels", "report"])
+    eval_channels: int = opt(36, "initial channels of the evaluation network the costs refer to")
+    eval_layers: int = opt(20, "cells of the evaluation network the costs refer to")
+    latency_device: str = opt("cpu", "where latency is measured: cpu or cuda[:N]")
+    latency_batch: int = opt(1, "batch size of the latency measurements")
+    latency_dtype: str = opt("float32", "dtype of the latency measurements",
+                             choices=["float32", "float16", "bfloat16"])
+    latency_cache: str | None = opt(None, "latency lookup-table file (default ~/.cache/fastnas/latency.json)")
     # runtime
     accumulate: int = opt(1, "shards per process, gradients averaged over them: 1 process with --accumulate N "
                              "computes what N processes compute")
@@ -102,6 +121,16 @@ class SearchConfig(RunOptions):
     @property
     def num_stages(self) -> int:
         return len(self.cells)
+
+    @property
+    def budget(self) -> tuple[str, float] | None:
+        """(metric, target) of the cost budget, or None."""
+        given = [(m, v) for m, v in (("params", self.target_params), ("flops", self.target_flops),
+                                     ("latency", self.target_latency_ms)) if v is not None]
+        if not given:
+            return None
+        metric, value = given[0]
+        return metric, parse_amount(value, f"target_{metric}" + ("_ms" if metric == "latency" else ""))
 
     def validate(self) -> None:
         n = len(self.cells)
@@ -158,6 +187,17 @@ class SearchConfig(RunOptions):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {v}")
         if self.derived_eval_images < 0:
             raise ConfigError(f"derived_eval_images must be >= 0, got {self.derived_eval_images}")
+        targets = [n for n in ("target_params", "target_flops", "target_latency_ms") if getattr(self, n) is not None]
+        if len(targets) > 1:
+            raise ConfigError(f"one budget at a time: {' and '.join(targets)} are both set")
+        _ = self.budget  # parses the target: a one-line error for 0, negatives or text
+        if not (math.isfinite(self.cost_strength) and self.cost_strength >= 0):
+            raise ConfigError(f"cost_strength must be a finite number >= 0, got {self.cost_strength}")
+        for name in ("eval_channels", "eval_layers", "latency_batch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (self.latency_device == "cpu" or self.latency_device.startswith("cuda")):
+            raise ConfigError(f"latency_device must be cpu or cuda[:N], got {self.latency_device!r}")
         if len(self.arch_betas) != 2 or not all(0 <= b < 1 for b in self.arch_betas):
             raise ConfigError(f"arch_betas must be two numbers in [0, 1), got {self.arch_betas}")
         self.validate_run_options()
@@ -182,13 +222,13 @@ PRESETS: dict[str, dict] = {
     "quick": {
         "cells": [3, 4, 5], "channels": [8, 8, 8], "epochs": [3, 3, 3], "warmup_epochs": [2, 2, 2],
         "batch_size": 32, "embedded_size": 1000, "lr": 0.05, "sampler": "softmax", "arch_travel": 2.0,
-        "derived_eval_images": 500,
+        "derived_eval_images": 500, "eval_channels": 8, "eval_layers": 5,  # the quick retraining's network
     },
     # Seconds on a laptop CPU on the embedded data; still all three stages, pruning and derivation.
     "smoke": {
         "cells": [3, 4, 5], "channels": [4, 4, 6], "epochs": [2, 2, 2], "warmup_epochs": [1, 1, 1],
         "batch_size": 32, "embedded_size": 768, "arch_lr": 3e-3,
-        "derived_eval_images": 256,
+        "derived_eval_images": 256, "eval_channels": 8, "eval_layers": 5,  # the smoke retraining's network
     },
 }
 
@@ -231,7 +271,11 @@ class Searcher:
         self.elapsed = 0.0
         self.net = None
         self.fault_step = distributed.fault_step(rank)
+        self.budget_report = None
         self.global_step = 0
+        # The architecture loss's cost term (a no-op without a budget); refuses unreachable targets.
+        image_size = cfg.image_size if cfg.dataset == "folder" else 32
+        self.penalty = make_penalty(cfg, image_size, self.num_classes, cfg.primitives)
 
     # ----------------------------------------------------------------- building
     def build_stage(self, stage: int) -> None:
@@ -242,6 +286,7 @@ class Searcher:
         ).to(self.device, memory_format=self.memory_format)
         if self.edge_primitives is None:
             self.edge_primitives = self.net.edge_primitives
+        self.penalty.bind(self.net.edge_primitives)
         self.model = self.net
         if self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -321,13 +366,14 @@ class Searcher:
         for x, y in batches:
             with self.autocast():
                 logits = net(x, samples)  # not through DDP: these gradients are reduced below
-                loss = F.cross_entropy(logits.float(), y)
+                ce = F.cross_entropy(logits.float(), y)
+            loss = self.penalty(ce, net, self.sampler)
             # allow_unused: with fewer than 3 cells there is no normal cell (both alphas exist regardless)
             grads = torch.autograd.grad(self.a_scaler.scale(loss / A), params, allow_unused=True, retain_graph=A > 1)
             for t, g in zip(total, grads, strict=True):
                 if g is not None:
                     t += g
-            loss_sum = loss_sum + loss.detach() * y.shape[0]
+            loss_sum = loss_sum + ce.detach() * y.shape[0]
             correct = correct + (logits.argmax(1) == y).sum()
         self.a_opt.zero_grad(set_to_none=True)
         for p, g in zip(params, total, strict=True):
@@ -383,6 +429,8 @@ class Searcher:
         n_train *= self.world_size
         n_valid *= self.world_size
         probs = self.net.probabilities(self.sampler)
+        with torch.no_grad():
+            expected = self.penalty.expected(self.net, self.sampler)
         entropy = {cell: float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean()) for cell, p in probs.items()}
         return {
             "stage": stage + 1, "epoch": epoch + 1, "warmup": warm,
@@ -392,6 +440,7 @@ class Searcher:
             "entropy_normal": entropy["normal"], "entropy_reduce": entropy["reduce"],
             "entropy_max": math.log(probs["normal"].shape[-1]),
             "epoch_time_s": time.perf_counter() - t0, "steps": steps,
+            "expected_cost": None if expected is None else float(expected), "cost_target": self.penalty.target,
             "genotype": str(derive_genotype(self.net, self.max_skip(), self.sampler)),
             "op_probabilities": {cell: {"primitives": self.net.edge_primitives[cell], "p": p.tolist()}
                                  for cell, p in probs.items()},
@@ -471,9 +520,14 @@ class Searcher:
                 log(f"stage {stage + 1} epoch {self.epoch}/{cfg.epochs[stage]}: train loss {row['train_loss']:.3f} "
                     f"acc {row['train_acc']:.3f}, {valid}, tau {row['tau']:.2f}, skip dropout "
                     f"{row['skip_dropout']:.3f}, entropy {row['entropy_normal']:.3f}/{row['entropy_max']:.3f}, "
-                    f"{row['epoch_time_s']:.1f}s")
+                    f"{self.penalty.describe(row['expected_cost'])}{row['epoch_time_s']:.1f}s")
             self.finish_stage(stage)
         final = derive_genotype(self.net, self.max_skip(), self.sampler)
+        # Over the budget: the best genotype within it (or smaller evaluation channels), as configured.
+        final, self.budget_report = self.penalty.fit(final, self.net.probabilities(self.sampler),
+                                                     self.net.edge_primitives, self.max_skip(), cfg.budget_fit)
+        for line in self.penalty.report_lines(self.budget_report):
+            log(line)
         return final
 
     def finish_stage(self, stage: int) -> None:
@@ -569,9 +623,15 @@ def write_results(run: RunDir, searcher: Searcher, genotype: Genotype) -> None:
     run.write_text("genotype.txt", str(genotype) + "\n")
     if run.enabled:
         genotype.render(run.path)
+        if searcher.budget_report and searcher.cfg.plots:  # the budget may have changed the cells: redraw
+            try:
+                plots.draw_genotype(genotype, run.path / "cells.png", "final (within the budget)")
+            except Exception as exc:  # a picture is a convenience
+                run.log(f"warning: cells.png not drawn: {type(exc).__name__}: {exc}")
     run.write_json("summary.json", {
         "genotype": genotype.to_dict(), "genotype_text": str(genotype), "stages": searcher.stage_genotypes,
         "search_time_s": searcher.elapsed, "config": cfglib.to_dict(searcher.cfg),
+        "budget": searcher.budget_report,
     })
 
 

@@ -66,6 +66,10 @@ class TrainConfig(RunOptions):
     export: bool = opt(True, "export the final model (safetensors or state dict, and torch.export)")
     sync_bn: bool = opt(False, "SyncBatchNorm across processes (GPU runs under torchrun)")
     plots: bool = opt(True, "write curves.png (loss, accuracy, learning rate per epoch)")
+    report_cost: bool = opt(False, "print the genotype's cost report (parameters, FLOPs; latency with "
+                                   "--latency-device) for this network and exit without training")
+    latency_device: str | None = opt(None, "with --report-cost: also measure latency on cpu or cuda[:N]")
+    latency_batch: int = opt(1, "with --report-cost: batch size of the latency measurement")
 
     def validate(self) -> None:
         if not self.genotype:
@@ -77,6 +81,11 @@ class TrainConfig(RunOptions):
             raise ConfigError(f"drop_path must be in [0, 1), got {self.drop_path}")
         if self.cutout < 0:
             raise ConfigError(f"cutout must be >= 0, got {self.cutout}")
+        if self.latency_batch < 1:
+            raise ConfigError(f"latency_batch must be >= 1, got {self.latency_batch}")
+        if self.latency_device is not None and not (self.latency_device == "cpu"
+                                                    or self.latency_device.startswith("cuda")):
+            raise ConfigError(f"latency_device must be cpu or cuda[:N], got {self.latency_device!r}")
         self.validate_run_options()
 
 
@@ -392,8 +401,37 @@ def _train(cfg: TrainConfig, run_path: Path, state: dict | None, genotype: Genot
     return result
 
 
+def report_cost(cfg: TrainConfig) -> dict:
+    """The cost report of the network this config would train (see :mod:`fastnas.cost`), printed."""
+    from fastnas import cost
+
+    if cfg.dataset == "cifar100":
+        num_classes = 100
+    elif cfg.dataset == "folder":
+        train_dir = Path(cfg.data_dir).expanduser() / "train"
+        if not train_dir.is_dir():
+            raise ConfigError(f"folder dataset: {train_dir} is not a directory")
+        num_classes = sum(p.is_dir() for p in train_dir.iterdir())
+    else:
+        num_classes = 10
+    shape = cost.EvalShape(cfg.channels, cfg.layers, cfg.image_size if cfg.dataset == "folder" else 32, num_classes)
+    latency = None
+    if cfg.latency_device:
+        if cfg.latency_device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"latency_device {cfg.latency_device}: no CUDA device here")
+        latency = cost.LatencyTable(cost.LatencySetting(cfg.latency_device, cfg.latency_batch, "float32",
+                                                        cfg.channels_last), cost.default_latency_cache())
+    genotype = resolve_genotype(cfg.genotype)
+    rep = cost.cost_report(genotype, shape, latency)
+    print(f"{genotype}\n{cost.format_report(rep)}")
+    return rep
+
+
 def _main(args: dict) -> int:
     cfg, run_path, state = prepare(args)
+    if cfg.report_cost:
+        report_cost(cfg)
+        return 0
     train(cfg, run_path, state)
     return 0
 

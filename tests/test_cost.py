@@ -1,0 +1,264 @@
+"""Cost model (parameters, FLOPs, latency table), the expected cost and its gradient, budget fitting,
+budgeted search and the cost report."""
+
+import json
+import math
+import random
+from argparse import Namespace
+
+import pytest
+import torch
+from helpers import run_module
+
+from fastnas import cost, pipeline
+from fastnas.config import ConfigError
+from fastnas.cost import CostModel, CostPenalty, EvalShape, expected_cost, fit_genotype, measure_genotype
+from fastnas.genotype import Genotype, published
+from fastnas.primitives import PRIMITIVES
+from fastnas.sampler import make_sampler
+from fastnas.study import random_genotype
+
+SMALL = EvalShape(channels=8, layers=5)
+E = 14
+
+
+def _edge_primitives(prims=PRIMITIVES):
+    return {c: [list(prims)] * E for c in cost.CELL_TYPES}
+
+
+def test_darts_v2_published_costs():
+    g = published("DARTS_V2")
+    params = CostModel("params", EvalShape())
+    # DARTS' count (utils.count_parameters_in_MB skips the auxiliary head): 3,349,342
+    assert params.genotype_cost(g) == 3_349_342
+    assert measure_genotype(g, EvalShape(), "params") == 3_349_342
+    flops = CostModel("flops", EvalShape())
+    assert flops.genotype_cost(g) == measure_genotype(g, EvalShape(), "flops") == 528_359_040
+
+
+def test_op_costs_by_hand():
+    # sep_conv_3x3, C=16 at 32x32: two (depthwise 3x3 + pointwise 1x1) blocks and their BNs
+    assert cost.op_macs("sep_conv_3x3", 16, 1, 32) == 2 * (16 * 9 * 1024 + 16 * 16 * 1024)
+    assert cost.op_params("sep_conv_3x3", 16, 1) == 2 * (16 * 9 + 16 * 16 + 2 * 16)
+    # skip at stride 2 is FactorizedReduce: two 1x1 convs C -> C/2 at half the side, and a BN
+    assert cost.op_macs("skip_connect", 16, 2, 32) == 2 * (16 * 8 * 256)
+    assert cost.op_params("max_pool_3x3", 16, 1) == 0 and cost.op_macs("avg_pool_3x3", 16, 2, 32) == 0
+
+
+@pytest.mark.parametrize("metric", ["params", "flops"])
+def test_table_sum_is_exact_for_any_genotype(metric):
+    model = CostModel(metric, SMALL)
+    rng = random.Random(3)
+    for _ in range(5):
+        g = random_genotype(rng)
+        assert model.genotype_cost(g) == measure_genotype(g, SMALL, metric)
+    g = published("PDARTS")
+    assert model.genotype_cost(g) == measure_genotype(g, SMALL, metric)
+
+
+def _alpha_for(genotype: Genotype, strong: float = 30.0):
+    """Alphas whose distribution puts all mass on `genotype`: chosen edges on their op, the others on 'none'."""
+    alphas = {}
+    for cell in cost.CELL_TYPES:
+        a = torch.zeros(E, len(PRIMITIVES), dtype=torch.float64)
+        a[:, PRIMITIVES.index("none")] = strong
+        for e, op in cost.genotype_edges(genotype, cell):
+            a[e] = 0
+            a[e, PRIMITIVES.index(op)] = strong
+        alphas[cell] = a
+    return alphas
+
+
+@pytest.mark.parametrize("metric", ["params", "flops"])
+def test_expected_cost_of_a_sure_genotype_is_its_cost(metric):
+    model = CostModel(metric, SMALL)
+    tables = model.table(_edge_primitives())
+    for g in (published("DARTS_V2"), random_genotype(random.Random(1))):
+        probs = {c: torch.softmax(a, -1) for c, a in _alpha_for(g).items()}
+        got = float(expected_cost(probs, tables, _edge_primitives(), model.fixed))
+        assert got == pytest.approx(model.genotype_cost(g), rel=1e-9)
+
+
+@pytest.mark.parametrize("sampler", ["gumbel-hard", "softmax", "dirichlet"])
+def test_expected_cost_gradient_matches_finite_differences(sampler):
+    model = CostModel("params", SMALL)
+    tables = model.table(_edge_primitives())
+    s = make_sampler(sampler, tau=1.0)
+    torch.manual_seed(0)
+    alphas = {c: (0.5 * torch.randn(E, len(PRIMITIVES), dtype=torch.float64)).requires_grad_() for c in cost.CELL_TYPES}
+
+    def f():
+        probs = {c: s.expected_probabilities(a) for c, a in alphas.items()}
+        return expected_cost(probs, tables, _edge_primitives(), model.fixed) / 1e4
+
+    f().backward()
+    eps = 1e-6
+    for cell in cost.CELL_TYPES:
+        a = alphas[cell]
+        for e, k in [(0, 4), (3, 1), (9, 7), (13, 5), (5, 0)]:
+            with torch.no_grad():
+                a[e, k] += eps
+                up = float(f())
+                a[e, k] -= 2 * eps
+                down = float(f())
+                a[e, k] += eps
+            assert a.grad[e, k].item() == pytest.approx((up - down) / (2 * eps), rel=1e-5, abs=1e-7), (cell, e, k)
+
+
+def test_penalty_forms_push_the_expected_cost():
+    model = CostModel("params", SMALL)
+    net = Namespace(steps=4, named_arch_parameters=lambda: alphas)
+    alphas = {c: torch.zeros(E, len(PRIMITIVES), requires_grad=True) for c in cost.CELL_TYPES}
+    s = make_sampler("softmax")
+    conv = PRIMITIVES.index("sep_conv_5x5")
+    for form in CostPenalty.FORMS:
+        pen = CostPenalty(model, target=1.0, form=form, strength=1.0)  # far over: every form pushes down
+        pen.bind(_edge_primitives())
+        for a in alphas.values():
+            a.grad = None
+        pen(torch.tensor(2.0), net, s).backward()
+        # the costliest op's logit gets a positive gradient (gradient descent lowers it)
+        assert all(float(a.grad[:, conv].min()) > 0 for a in alphas.values()), form
+    # absolute pulls up when under the target
+    pen = CostPenalty(model, target=1e9, form="absolute")
+    pen.bind(_edge_primitives())
+    for a in alphas.values():
+        a.grad = None
+    pen(torch.tensor(2.0), net, s).backward()
+    assert all(float(a.grad[:, conv].max()) < 0 for a in alphas.values())
+
+
+def test_fit_genotype_meets_the_budget_with_the_fewest_losses():
+    model = CostModel("params", SMALL)
+    g = published("DARTS_V2")
+    torch.manual_seed(0)
+    probs = {c: torch.softmax(torch.randn(E, len(PRIMITIVES)), -1) for c in cost.CELL_TYPES}
+    full = model.genotype_cost(g)
+    target = model.fixed + 0.6 * (full - model.fixed)
+    fitted, moves = fit_genotype(g, probs, _edge_primitives(), model, target, max_skip=2)
+    fitted.validate()
+    assert moves and model.genotype_cost(fitted) <= target < full
+    assert measure_genotype(fitted, SMALL, "params") == model.genotype_cost(fitted)
+    assert sum(op == "skip_connect" for op, _ in fitted.normal) <= 2
+    for cell in cost.CELL_TYPES:  # still two distinct inputs per node
+        pairs = getattr(fitted, cell)
+        assert all(pairs[2 * i][1] != pairs[2 * i + 1][1] for i in range(4))
+    # within budget already: untouched
+    same, none = fit_genotype(g, probs, _edge_primitives(), model, full, max_skip=2)
+    assert same == g and none == []
+    # an impossible target: as cheap as it gets, and says so by staying over
+    low, _ = fit_genotype(g, probs, _edge_primitives(), model, 1.0, max_skip=2)
+    assert model.genotype_cost(low) == pytest.approx(cost.cheapest_cost(model, _edge_primitives()), rel=0.05)
+
+
+def test_fit_channels_and_parse_amount():
+    g = published("DARTS_V2")
+    C = cost.fit_channels(g, EvalShape(), "params", 2.0e6)
+    assert C is not None and C < 36
+    assert CostModel("params", EvalShape(C)).genotype_cost(g) <= 2.0e6
+    assert CostModel("params", EvalShape(C + 1)).genotype_cost(g) > 2.0e6
+    assert cost.parse_amount("2.5M", "t") == 2.5e6 and cost.parse_amount("600m", "t") == 6e8
+    assert cost.parse_amount(3, "t") == 3.0 and cost.parse_amount("1e3k", "t") == 1e6
+    for bad in ("-1", "0", "abc", "2.5X", -3, 0, True, "nan"):
+        with pytest.raises(ConfigError):
+            cost.parse_amount(bad, "target_params")
+
+
+def test_latency_table_is_cached(tmp_path):
+    path = tmp_path / "lat.json"
+    setting = cost.LatencySetting("cpu", batch_size=2, repeats=3)
+    shape = EvalShape(channels=2, layers=3)
+    table = cost.LatencyTable(setting, path)
+    model = CostModel("latency", shape, table)
+    g = published("DARTS_V2")
+    predicted = model.genotype_cost(g)
+    assert predicted > 0 and math.isfinite(predicted)
+    table.save()
+    keys = json.loads(path.read_text())
+    assert keys and all(k.startswith(setting.key()) for k in keys)
+    again = cost.LatencyTable(setting, path)
+    assert CostModel("latency", shape, again).genotype_cost(g) == predicted and again.measured == 0
+
+
+# ----------------------------------------------------------------------------- the search with a budget
+# The smoke preset on fewer images: 8 steps per epoch, a warm-up and a search epoch per stage.
+TINY = ["--preset", "smoke", "--embedded-size", "256", "--epochs", "2", "2", "2", "--warmup-epochs", "1", "1", "1",
+        "--no-plots"]
+
+
+def _search(tmp_path, name, *extra):
+    from fastnas.search import main
+
+    out = tmp_path / name
+    assert main([*TINY, "--seed", "1", "--out", str(out), *extra]) == 0
+    return json.loads((out / "summary.json").read_text()), [
+        json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_budgeted_search_is_cheaper_than_unconstrained(tmp_path):
+    free, free_rows = _search(tmp_path, "free")
+    model = CostModel("params", SMALL)
+    free_cost = model.genotype_cost(Genotype.from_dict(free["genotype"]))
+    target = model.fixed + 0.5 * (free_cost - model.fixed)
+    tight, rows = _search(tmp_path, "tight", "--target-params", str(int(target)), "--cost-penalty", "linear",
+                          "--cost-strength", "5")
+    b = tight["budget"]
+    assert b["metric"] == "params" and b["target"] == int(target) and b["meets_budget"]
+    final = Genotype.from_dict(tight["genotype"])
+    assert model.genotype_cost(final) == b["cost"] <= target < free_cost
+    assert all(r["expected_cost"] is not None and r["cost_target"] == int(target) for r in rows)
+    assert all(r["expected_cost"] is None for r in free_rows)
+    # the penalty itself moves the distribution: lower expected cost than the free search at the end of stage 1
+    # (same seed, same candidates), before any pruning could make the two differ
+    model_rows = [r for r in rows if r["stage"] == 1]
+    probs = {c: torch.tensor(free_rows[len(model_rows) - 1]["op_probabilities"][c]["p"]) for c in cost.CELL_TYPES}
+    tables = model.table(_edge_primitives())
+    free_expected = float(expected_cost(probs, tables, _edge_primitives(), model.fixed))
+    assert model_rows[-1]["expected_cost"] < free_expected
+
+
+def test_budget_fit_channels(tmp_path):
+    model = CostModel("params", SMALL)
+    # strength 0: the cost term does nothing, so the derived cell is over and only the channels can fit it
+    summary, _ = _search(tmp_path, "ch", "--target-params", str(int(model.fixed * 1.05)), "--budget-fit", "channels",
+                         "--cost-strength", "0")
+    b = summary["budget"]
+    assert b["fit"] == "channels" and b["eval_channels"] < 8 and b["meets_budget"]
+    g = Genotype.from_dict(summary["genotype"])
+    assert measure_genotype(g, EvalShape(b["eval_channels"], 5), "params") == b["cost"] <= b["target"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target-params", "-5"], "target_params must be a finite number > 0"),
+    (["--target-params", "0"], "target_params must be a finite number > 0"),
+    (["--target-flops", "lots"], "target_flops: expected a number"),
+    (["--target-params", "1k"], "target_params 1.000k is unreachable"),
+    (["--target-params", "1M", "--target-flops", "1G"], "one budget at a time"),
+    (["--cost-strength", "-1", "--target-params", "1M"], "cost_strength must be"),
+    (["--target-latency-ms", "5", "--latency-device", "tpu"], "latency_device must be cpu or cuda"),
+])
+def test_bad_budgets_fail_with_one_line(tmp_path, args, message):
+    r = run_module("fastnas.search", [*TINY, "--out", str(tmp_path / "bad"), *args])
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], r.stderr
+
+
+def test_train_report_cost_prints_the_published_count():
+    r = run_module("fastnas.train", ["--genotype", "DARTS_V2", "--report-cost"])
+    assert r.returncode == 0, r.stderr
+    assert "3,349,342" in r.stdout and "528.36M multiply-adds" in r.stdout
+
+
+def test_cost_cli_and_pipeline_budget_options(tmp_path):
+    r = run_module("fastnas.cost", ["--genotype", "DARTS_V2", "PDARTS", "--channels", "8", "--layers", "5",
+                                    "--json", str(tmp_path / "c.json")])
+    assert r.returncode == 0, r.stderr
+    reports = json.loads((tmp_path / "c.json").read_text())
+    assert reports["DARTS_V2"]["params"] == measure_genotype(published("DARTS_V2"), SMALL, "params")
+    args = Namespace(target_params="50k", target_flops=None, target_latency_ms=None, budget_fit="channels",
+                     train_config=None)
+    opts = pipeline._budget_options(args, "quick")
+    assert opts == ["--target-params", "50k", "--eval-channels", "8", "--eval-layers", "5", "--budget-fit", "channels"]
+    args.target_params = None
+    assert pipeline._budget_options(args, "quick") == []
