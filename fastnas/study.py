@@ -74,6 +74,8 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=None, help="CPU threads")
     p.add_argument("--out", default=None, help="study directory (default runs/study-<time>)")
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the study in DIR with its saved options")
+    p.add_argument("--merge", nargs="+", default=None, metavar="STUDY.json",
+                   help="combine the seeds of finished studies run alike (e.g. on several machines) into --out")
     return p.parse_args(argv)
 
 
@@ -120,7 +122,56 @@ def _search_space(opts) -> tuple[list[str], int | None]:
     return prims, None if max_skip < 0 else max_skip
 
 
+_SAME = ("samplers", "random", "dataset", "search_preset", "train_preset")
+
+
+def merge_studies(studies: list[dict]) -> dict:
+    """One study from several run with the same samplers, random cells, dataset and presets over
+    disjoint seeds; the overall numbers are recomputed."""
+    first = studies[0]
+    for other in studies[1:]:
+        for key in _SAME:
+            if other.get(key) != first.get(key):
+                raise ConfigError(f"--merge: the studies differ in {key} ({first.get(key)!r} vs {other.get(key)!r})")
+    per, seeds = {}, []
+    for st in studies:
+        for seed, entry in st["per_seed"].items():
+            if seed in per:
+                raise ConfigError(f"--merge: seed {seed} appears in more than one study")
+            per[seed] = entry
+            seeds.append(int(seed))
+    merged = {k: first.get(k) for k in _SAME}
+    merged.update(seeds=sorted(seeds), per_seed={str(s): per[str(s)] for s in sorted(seeds)})
+    merged["overall"] = _overall(merged)
+    return merged
+
+
+def _merge(args) -> int:
+    studies = []
+    for path in args.merge:
+        try:
+            studies.append(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"--merge: cannot read {path}: {exc}") from None
+        if not isinstance(studies[-1], dict) or "per_seed" not in studies[-1]:
+            raise ConfigError(f"--merge: {path} is not a study.json")
+    merged = merge_studies(studies)
+    out = Path(args.out or default_run_dir("study"))
+    run = RunDir(out)
+    run.write_json("study.json", merged)
+    md = study_markdown(merged)
+    run.write_text("study.md", md)
+    from fastnas import plots
+
+    plots.study_chart(merged, out / "study.png")
+    run.log(md)
+    run.close()
+    return 0
+
+
 def _main(args) -> int:
+    if args.merge:
+        return _merge(args)
     opts = _load_options(args)
     # Under torchrun one process group serves every search and retraining of the study.
     return distributed.run_in_group(opts["device"] or "auto", _study, opts)

@@ -80,3 +80,40 @@ def test_study_bad_input(tmp_path, capsys):
     assert main(["--search-config", str(tmp_path / "nope.yaml")]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 3
+
+
+def _fake_study(seeds, accs, preset="quick"):
+    from fastnas.study import _overall
+
+    per = {}
+    for seed, (searched, rand) in zip(seeds, accs, strict=True):
+        entry = {"searched": {"softmax": searched}, "random": rand, "search_time_s": {"softmax": 10.0},
+                 "random_train_time_s": [1.0] * len(rand)}
+        entry.update(_compare(entry))
+        per[str(seed)] = entry
+    st = {"samplers": ["softmax"], "random": 2, "dataset": "embedded", "search_preset": preset,
+          "train_preset": "quick", "seeds": list(seeds), "per_seed": per}
+    st["overall"] = _overall(st)
+    return st
+
+
+def test_merge_studies(tmp_path):
+    from fastnas.config import ConfigError
+    from fastnas.study import merge_studies
+
+    a = _fake_study([0, 1], [(0.6, [0.5, 0.55]), (0.4, [0.5, 0.6])])
+    b = _fake_study([2], [(0.7, [0.6, 0.62])])
+    m = merge_studies([a, b])
+    assert m["seeds"] == [0, 1, 2]
+    assert m["overall"]["softmax"]["seeds_above_random_mean"] == 2
+    assert m["overall"]["softmax"]["searched_mean"] == pytest.approx((0.6 + 0.4 + 0.7) / 3)
+    with pytest.raises(ConfigError, match="seed 2 appears"):
+        merge_studies([b, b])
+    with pytest.raises(ConfigError, match="differ in search_preset"):
+        merge_studies([a, _fake_study([3], [(0.5, [0.5, 0.5])], preset="smoke")])
+    for i, st in enumerate((a, b)):
+        (tmp_path / f"s{i}.json").write_text(json.dumps(st))
+    assert main(["--merge", str(tmp_path / "s0.json"), str(tmp_path / "s1.json"), "--out", str(tmp_path / "m")]) == 0
+    assert json.loads((tmp_path / "m" / "study.json").read_text())["seeds"] == [0, 1, 2]
+    assert (tmp_path / "m" / "study.png").is_file() and "| 2 |" in (tmp_path / "m" / "study.md").read_text()
+    assert main(["--merge", str(tmp_path / "nope.json"), "--out", str(tmp_path / "m2")]) == 2
