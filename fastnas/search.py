@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from fastnas import arch_grad, distributed, plots
 from fastnas import config as cfglib
-from fastnas import distributed, plots
 from fastnas.config import ConfigError, RunOptions, opt
 from fastnas.cost import CostPenalty, make_penalty, parse_amount
 from fastnas.data import BatchStream, augment, load_dataset, normalize, split_train
@@ -46,7 +46,7 @@ from fastnas.runs import (
     set_rng_state,
 )
 from fastnas.sampler import SAMPLERS, Sample, TemperatureSchedule, make_sampler, sampler_class
-from fastnas.supernet import SuperNet, cell_stats, derive_genotype, prune_primitives
+from fastnas.supernet import SuperNet, cell_stats, derive_genotype, genotypes_by_skip_count, prune_primitives
 
 CHECKPOINT_VERSION = 1
 
@@ -55,9 +55,11 @@ CHECKPOINT_VERSION = 1
 class SearchConfig(RunOptions):
     """All options of a search (see ``python -m fastnas.search --help``)."""
 
-    preset: str = opt("progressive", "stage preset: progressive (default: P-DARTS stages + GDAS sampler), pdarts, "
-                      "patent, quick (learns in minutes on a CPU) or smoke (seconds, CI)",
-                      choices=["progressive", "pdarts", "patent", "quick", "smoke"])
+    preset: str = opt("progressive", "preset: progressive (default: P-DARTS stages + GDAS sampler), pdarts, patent, "
+                      "darts, darts2, pcdarts, gdas, drnas (each paper's CIFAR-10 recipe), quick (learns in "
+                      "minutes on a CPU) or smoke (seconds, CI)",
+                      choices=["progressive", "pdarts", "patent", "darts", "darts2", "pcdarts", "gdas", "drnas",
+                               "quick", "smoke"])
     train_portion: float = opt(0.5, "share of the training set for weight steps; the rest trains the architecture")
     # stages
     cells: list[int] = opt([5, 11, 17], "cells (layers) of the supernet, per stage")
@@ -78,6 +80,15 @@ class SearchConfig(RunOptions):
     arch_resample: bool = opt(True, "draw a fresh architecture for the architecture step (GDAS: a sample per "
                                     "forward pass); off: score the path the weight step just trained")
     max_skip: int = opt(2, "most skip connections in the derived normal cell (-1: no cap)")
+    # method mechanisms (DARTS, PC-DARTS, DrNAS)
+    arch_order: int = opt(1, "architecture gradient: 1 first order, 2 DARTS' second order (one-step unrolled "
+                             "weights, finite-difference Hessian-vector product)", choices=[1, 2])
+    partial_channels: list[int] = opt([1, 1, 1], "PC-DARTS: per stage, 1/K of the channels go through the "
+                                                 "candidate ops, the rest bypass them (1: off)")
+    edge_norm: bool = opt(False, "PC-DARTS edge normalization: a softmax weight per incoming edge, also "
+                                 "multiplied into the derivation's edge scores")
+    dirichlet_anchor: float = opt(0.0, "DrNAS: weight of the KL of the Dirichlet to its Dirichlet(1) prior in "
+                                       "the architecture loss (dirichlet sampler only; 0: off)")
     # weight optimizer
     batch_size: int = opt(96, "batch size of both the weight and the architecture step")
     lr: float = opt(0.025, "SGD learning rate (cosine-annealed per stage)")
@@ -136,7 +147,7 @@ class SearchConfig(RunOptions):
         n = len(self.cells)
         if n < 1:
             raise ConfigError("cells: at least one stage is needed")
-        for name in ("channels", "ops_kept", "skip_dropout", "epochs", "warmup_epochs"):
+        for name in ("channels", "ops_kept", "skip_dropout", "epochs", "warmup_epochs", "partial_channels"):
             if len(getattr(self, name)) != n:
                 raise ConfigError(
                     f"{name} has {len(getattr(self, name))} entries but cells has {n}: one per stage is needed"
@@ -166,6 +177,10 @@ class SearchConfig(RunOptions):
                                   f"{self.epochs[s]}")
             if not 0 <= self.skip_dropout[s] < 1:
                 raise ConfigError(f"skip_dropout: stage {s + 1} rate {self.skip_dropout[s]} is not in [0, 1)")
+            k = self.partial_channels[s]
+            if k < 1 or self.channels[s] % k:
+                raise ConfigError(f"partial_channels: stage {s + 1} K={k} must be >= 1 and divide its "
+                                  f"{self.channels[s]} channels")
         if self.ops_kept[0] < len(self.primitives):
             raise ConfigError(
                 f"ops_kept[0]={self.ops_kept[0]} must equal the number of primitives ({len(self.primitives)}); "
@@ -191,6 +206,13 @@ class SearchConfig(RunOptions):
         if len(targets) > 1:
             raise ConfigError(f"one budget at a time: {' and '.join(targets)} are both set")
         _ = self.budget  # parses the target: a one-line error for 0, negatives or text
+        if not (math.isfinite(self.dirichlet_anchor) and self.dirichlet_anchor >= 0):
+            raise ConfigError(f"dirichlet_anchor must be a finite number >= 0, got {self.dirichlet_anchor}")
+        if self.dirichlet_anchor > 0 and self.sampler != "dirichlet":
+            raise ConfigError(f"dirichlet_anchor is DrNAS' regulariser of the dirichlet sampler, not {self.sampler}")
+        if self.arch_order == 2 and self.amp == "fp16":
+            raise ConfigError("arch_order 2 does not run under --amp fp16 (no loss scaling through the "
+                              "unrolled step); use bf16 or off")
         if not (math.isfinite(self.cost_strength) and self.cost_strength >= 0):
             raise ConfigError(f"cost_strength must be a finite number >= 0, got {self.cost_strength}")
         for name in ("eval_channels", "eval_layers", "latency_batch"):
@@ -205,6 +227,9 @@ class SearchConfig(RunOptions):
             raise ConfigError(f"accumulate must be >= 1, got {self.accumulate}")
 
 
+_ONE_STAGE = {"cells": [8], "channels": [16], "ops_kept": [8], "skip_dropout": [0.0], "partial_channels": [1],
+              "max_skip": -1}
+
 PRESETS: dict[str, dict] = {
     # The default, the source's method: P-DARTS' stages (cells 5/11/17, C=16, ops 8/5/3, skip dropout
     # 0/0.4/0.7, 25 epochs of which 10 warm-up) with GDAS' sampler: hard Gumbel, arch lr 3e-4, tau 10 -> 0.1.
@@ -213,6 +238,30 @@ PRESETS: dict[str, dict] = {
     "pdarts": {"sampler": "softmax", "arch_lr": 6e-4},
     # The source's literal reading of "[9, 13, 19]" as per-stage widths.
     "patent": {"channels": [9, 13, 19]},
+    # The single-stage methods: one supernet of 8 cells, C=16, all 8 ops, no skip cap, no stage dropout.
+    # DARTS (quark0/darts cnn/train_search.py): 50 epochs, batch 64, SGD 0.025 -> 0.001, Adam 3e-4
+    # (betas 0.5/0.999, wd 1e-3), softmax, arch step from the first epoch, no arch-gradient clip.
+    "darts": {**_ONE_STAGE, "epochs": [50], "warmup_epochs": [0], "batch_size": 64, "lr": 0.025, "lr_min": 0.001,
+              "sampler": "softmax", "arch_lr": 3e-4, "arch_grad_clip": 0.0},
+    # DARTS second order: the same, with the unrolled architecture gradient (--unrolled).
+    "darts2": {**_ONE_STAGE, "epochs": [50], "warmup_epochs": [0], "batch_size": 64, "lr": 0.025,
+               "lr_min": 0.001, "sampler": "softmax", "arch_lr": 3e-4, "arch_grad_clip": 0.0, "arch_order": 2},
+    # PC-DARTS (yuhuixu1993/PC-DARTS train_search.py): K=4, edge normalization, batch 256, SGD 0.1 -> 0,
+    # Adam 6e-4, architecture from epoch 15 of 50.
+    "pcdarts": {**_ONE_STAGE, "epochs": [50], "warmup_epochs": [15], "batch_size": 256, "lr": 0.1,
+                "lr_min": 0.0, "sampler": "softmax", "arch_lr": 6e-4, "arch_grad_clip": 0.0,
+                "partial_channels": [4], "edge_norm": True},
+    # GDAS (D-X-Y/AutoDL-Projects, GDAS on the DARTS space): hard Gumbel, tau 10 -> 0.1 over 240 epochs,
+    # SGD 0.025 -> 0.001, batch 64, Adam 3e-4. Its fixed (hand-designed) reduction cell is not provided.
+    "gdas": {**_ONE_STAGE, "epochs": [240], "warmup_epochs": [0], "batch_size": 64, "lr": 0.025, "lr_min": 0.001,
+             "sampler": "gumbel-hard", "arch_lr": 3e-4, "arch_grad_clip": 0.0},
+    # DrNAS (xiangning-chen/DrNAS DARTS-space/train_search.py, progressive): 20 cells, C=36, two stages of 25
+    # epochs (10 warm-up), partial channels K 6 -> 4, ops 8 -> 4, batch 64, SGD 0.1, Adam 6e-4, the
+    # Dirichlet sampler with the KL anchor (reg_scale 1e-3).
+    "drnas": {"cells": [20, 20], "channels": [36, 36], "ops_kept": [8, 4], "skip_dropout": [0.0, 0.0],
+              "epochs": [25, 25], "warmup_epochs": [10, 10], "partial_channels": [6, 4], "batch_size": 64,
+              "lr": 0.1, "lr_min": 0.0, "sampler": "dirichlet", "arch_lr": 6e-4, "arch_grad_clip": 0.0,
+              "dirichlet_anchor": 1e-3, "max_skip": -1},
     # About 6 minutes on a 2-core CPU, on the embedded data, and the supernet learns. Measured (see
     # benchmarks/README.md): a single-path (gumbel-hard) supernet does not train in the few hundred steps
     # such a budget holds, while softmax trains every candidate each step and learns like a fixed
@@ -276,6 +325,8 @@ class Searcher:
         # The architecture loss's cost term (a no-op without a budget); refuses unreachable targets.
         image_size = cfg.image_size if cfg.dataset == "folder" else 32
         self.penalty = make_penalty(cfg, image_size, self.num_classes, cfg.primitives)
+        # everything added to the architecture's cross-entropy: the budget, DrNAS' anchor
+        self.arch_terms = [self.penalty, *arch_grad.arch_terms(cfg)]
 
     # ----------------------------------------------------------------- building
     def build_stage(self, stage: int) -> None:
@@ -283,6 +334,7 @@ class Searcher:
         self.net = SuperNet(
             channels=cfg.channels[stage], layers=cfg.cells[stage], num_classes=self.num_classes,
             primitives=cfg.primitives, edge_primitives=self.edge_primitives,
+            partial_channels=cfg.partial_channels[stage], edge_norm=cfg.edge_norm,
         ).to(self.device, memory_format=self.memory_format)
         if self.edge_primitives is None:
             self.edge_primitives = self.net.edge_primitives
@@ -293,7 +345,7 @@ class Searcher:
 
             # The architecture parameters are all-reduced by hand (arch step); DDP handles the weights.
             # Unsampled ops get no gradient under gumbel-hard: find_unused_parameters.
-            DDP._set_params_and_buffers_to_ignore_for_model(self.net, ["alpha_normal", "alpha_reduce"])
+            DDP._set_params_and_buffers_to_ignore_for_model(self.net, list(SuperNet.ARCH_NAMES))
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DDP(self.net, device_ids=ids, find_unused_parameters=True)
         self.w_opt = torch.optim.SGD(self.net.weight_parameters(), lr=cfg.lr, momentum=cfg.momentum,
@@ -356,20 +408,34 @@ class Searcher:
         self.w_scaler.update()
         return loss_sum, correct
 
-    def arch_step(self, samples, batches) -> tuple[torch.Tensor, torch.Tensor]:
-        """Adam on the architecture parameters (first order: only their gradients are computed),
-        averaged over shards and processes."""
+    def arch_loss(self, ce: torch.Tensor) -> torch.Tensor:
+        """The architecture objective: the validation cross-entropy plus each configured term."""
+        loss = ce
+        for term in self.arch_terms:
+            loss = term(loss, self.net, self.sampler)
+        return loss
+
+    def arch_step(self, samples, batches, train_batches=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adam on the architecture parameters, averaged over shards and processes: first order (only
+        their gradients), or DARTS' second order on the shard's training batch (`arch_order` 2)."""
         net, A = self.net, len(batches)
         params = net.arch_parameters()
         total = [torch.zeros_like(p) for p in params]
         loss_sum = correct = 0
-        for x, y in batches:
-            with self.autocast():
-                logits = net(x, samples)  # not through DDP: these gradients are reduced below
-                ce = F.cross_entropy(logits.float(), y)
-            loss = self.penalty(ce, net, self.sampler)
-            # allow_unused: with fewer than 3 cells there is no normal cell (both alphas exist regardless)
-            grads = torch.autograd.grad(self.a_scaler.scale(loss / A), params, allow_unused=True, retain_graph=A > 1)
+        for v, (x, y) in enumerate(batches):
+            if self.cfg.arch_order == 2:
+                lr = self.w_opt.param_groups[0]["lr"]
+                grads, ce, logits = arch_grad.unrolled_arch_grads(
+                    net, samples, train_batches[v], (x, y), self.w_opt, lr, self.arch_loss, self.autocast)
+                grads = [None if g is None else g / A for g in grads]
+            else:
+                with self.autocast():
+                    logits = net(x, samples)  # not through DDP: these gradients are reduced below
+                    ce = F.cross_entropy(logits.float(), y)
+                loss = self.arch_loss(ce)
+                # allow_unused: with fewer than 3 cells there is no normal cell (both alphas exist regardless)
+                grads = torch.autograd.grad(self.a_scaler.scale(loss / A), params, allow_unused=True,
+                                            retain_graph=A > 1)
             for t, g in zip(total, grads, strict=True):
                 if g is not None:
                     t += g
@@ -409,7 +475,7 @@ class Searcher:
             if self.fault_step is not None and self.global_step >= self.fault_step:
                 os._exit(3)  # test hook (FASTNAS_FAULT): this process dies without a word
             samples = self.net.sample(self.sampler)
-            batches = [self.batch(st, g) for st, g in zip(self.train_streams, gens, strict=True)]
+            batches = train_batches = [self.batch(st, g) for st, g in zip(self.train_streams, gens, strict=True)]
             loss, correct = self.weight_step(samples, batches)
             sums[0] += loss
             sums[1] += correct
@@ -418,7 +484,7 @@ class Searcher:
                 if cfg.arch_resample:  # GDAS: a fresh architecture for every forward pass
                     samples = self.net.sample(self.sampler)
                 batches = [self.batch(st, g) for st, g in zip(self.valid_streams, gens, strict=True)]
-                loss, correct = self.arch_step(samples, batches)
+                loss, correct = self.arch_step(samples, batches, train_batches)
                 sums[2] += loss
                 sums[3] += correct
                 n_valid += sum(y.shape[0] for _, y in batches)
@@ -597,7 +663,7 @@ def evaluate_derived(net: SuperNet, genotype: Genotype, train_data, valid_data, 
             x = normalize(train_data.images[i:i + batch_size].to(device), train_data.mean, train_data.std,
                           memory_format=memory_format)
             with autocast():
-                net(x, samples)
+                net(x, samples, edge_weights=False)
         net.eval()
         n = min(images, len(valid_data))
         loss = correct = 0.0
@@ -606,7 +672,7 @@ def evaluate_derived(net: SuperNet, genotype: Genotype, train_data, valid_data, 
                           memory_format=memory_format)
             y = valid_data.labels[i:min(n, i + batch_size)].to(device)
             with autocast():
-                logits = net(x, samples).float()
+                logits = net(x, samples, edge_weights=False).float()
             loss += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += float((logits.argmax(1) == y).sum())
         return {"derived_acc": correct / n, "derived_loss": loss / n, "derived_images": n}
@@ -628,6 +694,11 @@ def write_results(run: RunDir, searcher: Searcher, genotype: Genotype) -> None:
                 plots.draw_genotype(genotype, run.path / "cells.png", "final (within the budget)")
             except Exception as exc:  # a picture is a convenience
                 run.log(f"warning: cells.png not drawn: {type(exc).__name__}: {exc}")
+    # P-DARTS logs the genotype for every skip count 8..0 at the end: the same, as a file to pick from
+    by_skips = genotypes_by_skip_count(searcher.net, searcher.sampler)
+    run.write_json("genotypes_by_skip_count.json", by_skips)
+    for entry in by_skips:
+        run.log(f"skip cap {entry['max_skip']} ({entry['skips']} skips): {entry['text']}", echo=False)
     run.write_json("summary.json", {
         "genotype": genotype.to_dict(), "genotype_text": str(genotype), "stages": searcher.stage_genotypes,
         "search_time_s": searcher.elapsed, "config": cfglib.to_dict(searcher.cfg),

@@ -47,8 +47,18 @@ def _combine(weights: Tensor, outs: list[Tensor]) -> Tensor:
     return ops.weighted_sum(weights, outs)
 
 
+def channel_shuffle(x: Tensor, groups: int) -> Tensor:
+    """Interleave `groups` equal channel groups (ShuffleNet; PC-DARTS after its partial-channel concat)."""
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
 class MixedOp(nn.Module):
     """One edge: its candidate ops, combined by the sample's weights.
+
+    With ``partial_channels=K > 1`` (PC-DARTS) only the first C/K channels go through the candidates;
+    the rest bypass them (max-pooled 2x2 on reduction edges), are concatenated back, and the channels
+    are shuffled in K groups so the next edge sees other channels.
 
     Soft samples: ``sum_k w_k * op_k(x)`` through the fused :func:`fastnas.ops.weighted_sum`.
     Hard samples (GDAS): only op ``i`` runs and the output is ``w_i * op_i(x) + sum_{k != i} w_k``;
@@ -56,16 +66,20 @@ class MixedOp(nn.Module):
     candidate's architecture parameter.
     """
 
-    def __init__(self, C: int, stride: int, primitives: Sequence[str]):
+    def __init__(self, C: int, stride: int, primitives: Sequence[str], partial_channels: int = 1):
         super().__init__()
+        if partial_channels < 1 or C % partial_channels:
+            raise ValueError(f"MixedOp: partial_channels={partial_channels} must be >= 1 and divide C={C}")
         self.primitives = list(primitives)
         self.stride = stride
         self.skip_dropout = 0.0
+        self.k = partial_channels
+        Ck = C // partial_channels
         self.candidates = nn.ModuleList()
         for name in self.primitives:
-            op = build_op(name, C, stride, affine=False)
+            op = build_op(name, Ck, stride, affine=False)
             if "pool" in name:  # DARTS search space: pooling is followed by a non-affine BN
-                op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
+                op = nn.Sequential(op, nn.BatchNorm2d(Ck, affine=False))
             self.candidates.append(op)
         # P-DARTS: dropout on the (stride-1) identity, its rate raised stage by stage.
         self._skip = [k for k, n in enumerate(self.primitives) if n == "skip_connect" and stride == 1]
@@ -77,16 +91,26 @@ class MixedOp(nn.Module):
         return y
 
     def forward(self, x: Tensor, weights: Tensor, index: int | None = None) -> Tensor:
+        if self.k > 1:
+            cut = x.shape[1] // self.k
+            x, bypass = x[:, :cut], x[:, cut:]
         if index is not None:
             chosen = weights[index]
-            return self.run(index, x) * chosen + (weights.sum() - chosen)
-        return _combine(weights, [self.run(k, x) for k in range(len(self.candidates))])
+            y = self.run(index, x) * chosen + (weights.sum() - chosen)
+        else:
+            y = _combine(weights, [self.run(k, x) for k in range(len(self.candidates))])
+        if self.k == 1:
+            return y
+        if self.stride > 1:
+            bypass = F.max_pool2d(bypass, 2, 2)
+        return channel_shuffle(torch.cat([y, bypass], dim=1), self.k)
 
 
 class SearchCell(nn.Module):
     """DARTS search cell: 2 preprocessed inputs, `steps` nodes each summing all earlier states."""
 
-    def __init__(self, steps, multiplier, C_prev_prev, C_prev, C, reduction, reduction_prev, edge_primitives):
+    def __init__(self, steps, multiplier, C_prev_prev, C_prev, C, reduction, reduction_prev, edge_primitives,
+                 partial_channels: int = 1):
         super().__init__()
         self.reduction = reduction
         self.steps = steps
@@ -101,10 +125,11 @@ class SearchCell(nn.Module):
         for i in range(steps):
             for j in range(2 + i):
                 stride = 2 if reduction and j < 2 else 1
-                self.edges.append(MixedOp(C, stride, edge_primitives[e]))
+                self.edges.append(MixedOp(C, stride, edge_primitives[e], partial_channels))
                 e += 1
 
-    def forward(self, s0: Tensor, s1: Tensor, sample: Sample) -> Tensor:
+    def forward(self, s0: Tensor, s1: Tensor, sample: Sample, edge_weights: Tensor | None = None) -> Tensor:
+        """`edge_weights` (E,): PC-DARTS' edge normalization, each edge's output scaled by its weight."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         offset = 0
         hard = sample.index_list if sample.hard else None
@@ -115,6 +140,8 @@ class SearchCell(nn.Module):
                 if hard is not None and hard[e] < 0:  # an edge the derived cell drops
                     continue
                 y = self.edges[e](h, sample.weights[e], None if hard is None else hard[e])
+                if edge_weights is not None:
+                    y = y * edge_weights[e].to(y.dtype)
                 s = y if s is None else s + y
             if s is None:
                 raise ValueError("SearchCell: a node has no incoming edge in this sample")
@@ -133,6 +160,10 @@ class SuperNet(nn.Module):
             ``edge_primitives`` gives each edge its own list: ``{"normal": [[...] x 14], "reduce": ...}``
             with the same number of candidates on every edge of a cell type.
         skip_dropout: dropout rate on skip connections (P-DARTS), see :meth:`set_skip_dropout`.
+        partial_channels: K of PC-DARTS' partial channel connections (1: off), see :class:`MixedOp`.
+        edge_norm: PC-DARTS' edge normalization: a parameter beta per edge, softmax-normalised over
+            each node's incoming edges, scales each edge's output and multiplies into the derivation's
+            edge scores.
 
     ``arch_parameters()`` are ``alpha_normal`` and ``alpha_reduce`` (one row per edge, one column per
     candidate, init 1e-3 * N(0, 1)); ``weight_parameters()`` is everything else, so the architecture
@@ -152,6 +183,8 @@ class SuperNet(nn.Module):
         edge_primitives: dict[str, list[list[str]]] | None = None,
         skip_dropout: float = 0.0,
         in_channels: int = 3,
+        partial_channels: int = 1,
+        edge_norm: bool = False,
     ):
         super().__init__()
         if channels < 1 or layers < 1 or num_classes < 1 or steps < 1:
@@ -161,6 +194,9 @@ class SuperNet(nn.Module):
             )
         if not 1 <= multiplier <= steps:
             raise ValueError(f"SuperNet: multiplier must be in 1..steps={steps}, got {multiplier}")
+        if partial_channels < 1 or channels % partial_channels:
+            raise ValueError(f"SuperNet: partial_channels={partial_channels} must be >= 1 and divide "
+                             f"channels={channels}")
         E = num_edges(steps)
         if edge_primitives is None:
             edge_primitives = {cell: [list(primitives)] * E for cell in CELL_TYPES}
@@ -181,7 +217,7 @@ class SuperNet(nn.Module):
                 C_curr *= 2
             cell_type = "reduce" if reduction else "normal"
             cell = SearchCell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction, reduction_prev,
-                              self.edge_primitives[cell_type])
+                              self.edge_primitives[cell_type], partial_channels)
             self.cells.append(cell)
             reduction_prev = reduction
             C_prev_prev, C_prev = C_prev, multiplier * C_curr
@@ -189,17 +225,40 @@ class SuperNet(nn.Module):
         self.classifier = nn.Linear(C_prev, num_classes)
         self.alpha_normal = nn.Parameter(1e-3 * torch.randn(E, len(self.edge_primitives["normal"][0])))
         self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(E, len(self.edge_primitives["reduce"][0])))
+        self.partial_channels, self.edge_norm = partial_channels, edge_norm
+        if edge_norm:
+            self.beta_normal = nn.Parameter(1e-3 * torch.randn(E))
+            self.beta_reduce = nn.Parameter(1e-3 * torch.randn(E))
         self.set_skip_dropout(skip_dropout)
 
     # ----------------------------------------------------------------- parameters
+    ARCH_NAMES = ("alpha_normal", "alpha_reduce", "beta_normal", "beta_reduce")
+
     def arch_parameters(self) -> list[nn.Parameter]:
-        return [self.alpha_normal, self.alpha_reduce]
+        """The alphas, and the edge-normalization betas when `edge_norm`."""
+        extra = [self.beta_normal, self.beta_reduce] if self.edge_norm else []
+        return [self.alpha_normal, self.alpha_reduce, *extra]
 
     def named_arch_parameters(self) -> dict[str, nn.Parameter]:
+        """The op alphas per cell type (what samplers draw from)."""
         return {"normal": self.alpha_normal, "reduce": self.alpha_reduce}
 
     def weight_parameters(self) -> list[nn.Parameter]:
-        return [p for n, p in self.named_parameters() if n not in ("alpha_normal", "alpha_reduce")]
+        return [p for n, p in self.named_parameters() if n not in self.ARCH_NAMES]
+
+    def edge_weights(self) -> dict[str, Tensor] | None:
+        """PC-DARTS edge normalization: per cell type (E,), softmax of beta over each node's incoming
+        edges (None without `edge_norm`)."""
+        if not self.edge_norm:
+            return None
+        out = {}
+        for cell, beta in (("normal", self.beta_normal), ("reduce", self.beta_reduce)):
+            parts, start = [], 0
+            for i in range(self.steps):
+                parts.append(F.softmax(beta[start:start + 2 + i], dim=-1))
+                start += 2 + i
+            out[cell] = torch.cat(parts)
+        return out
 
     def set_skip_dropout(self, p: float) -> None:
         """Dropout rate on every stride-1 skip connection (0 disables it)."""
@@ -220,13 +279,16 @@ class SuperNet(nn.Module):
             samples["normal"].index_list, samples["reduce"].index_list = both[:E], both[E:]
         return samples
 
-    def forward(self, x: Tensor, samples: dict[str, Sample] | None = None) -> Tensor:
-        """Logits for `x` under `samples` (default: softmax of the architecture parameters)."""
+    def forward(self, x: Tensor, samples: dict[str, Sample] | None = None, edge_weights: bool = True) -> Tensor:
+        """Logits for `x` under `samples` (default: softmax of the architecture parameters);
+        `edge_weights=False` leaves out edge normalization (a derived cell has none)."""
         if samples is None:
             samples = {cell: Sample(F.softmax(a, dim=-1)) for cell, a in self.named_arch_parameters().items()}
+        ew = self.edge_weights() if edge_weights else None
         s0 = s1 = self.stem(x)
         for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, samples["reduce" if cell.reduction else "normal"])
+            kind = "reduce" if cell.reduction else "normal"
+            s0, s1 = s1, cell(s0, s1, samples[kind], None if ew is None else ew[kind])
         out = self.global_pooling(s1)
         return self.classifier(out.flatten(1))
 
@@ -318,6 +380,9 @@ def derive_genotype(supernet: SuperNet, max_skip_normal: int | None = 2, sampler
     """Per edge the strongest non-zero op; per node the 2 strongest incoming edges; at most
     `max_skip_normal` skip connections in the normal cell (None: no cap)."""
     probs = probabilities if probabilities is not None else supernet.probabilities(sampler)
+    ew = supernet.edge_weights()
+    if ew is not None:  # PC-DARTS: edge scores are op probabilities times the edge's normalised beta
+        probs = {c: probs[c] * ew[c].detach().float().cpu()[:, None] for c in CELL_TYPES}
     steps, mult = supernet.steps, supernet.multiplier
     cells = {}
     for cell in CELL_TYPES:
@@ -325,6 +390,23 @@ def derive_genotype(supernet: SuperNet, max_skip_normal: int | None = 2, sampler
         cells[cell] = _derive_cell(probs[cell].tolist(), supernet.edge_primitives[cell], steps, cap)
     concat = tuple(range(2 + steps - mult, steps + 2))
     return Genotype(cells["normal"], concat, cells["reduce"], concat)
+
+
+def genotypes_by_skip_count(supernet: SuperNet, sampler: Sampler | None = None,
+                            probabilities: dict[str, Tensor] | None = None) -> list[dict]:
+    """P-DARTS' closing log: the genotype under every skip cap from 8 down to 0 (the weakest chosen skip
+    ruled out first, each time), so a user can pick the cell with the skip count they want. Caps that
+    change nothing are left out: one entry per distinct genotype, with its cap and skip count."""
+    uncapped = derive_genotype(supernet, None, sampler, probabilities)
+    out, seen = [], set()
+    for cap in range(2 * supernet.steps, -1, -1):
+        g = derive_genotype(supernet, cap, sampler, probabilities)
+        if str(g) in seen:
+            continue
+        seen.add(str(g))
+        out.append({"max_skip": cap, "skips": sum(op == "skip_connect" for op, _ in g.normal),
+                    "genotype": g.to_dict(), "text": str(g), "uncapped": g == uncapped})
+    return out
 
 
 PARAMETER_FREE = ("skip_connect", "max_pool_3x3", "avg_pool_3x3", "none", "noise")

@@ -6,6 +6,7 @@ import torch
 from torch.testing import assert_close
 
 from fastnas import ops
+from fastnas.genotype import Genotype
 from fastnas.primitives import PRIMITIVES
 from fastnas.sampler import SAMPLERS, TemperatureSchedule, make_sampler
 from fastnas.supernet import MixedOp, SuperNet, derive_genotype, num_edges, prune_primitives
@@ -231,3 +232,20 @@ def test_temperature_schedule():
     assert abs(exp(12, 25) - 1.0) < 1e-9
     with pytest.raises(ValueError):
         TemperatureSchedule(kind="cosine")
+
+
+def test_genotypes_by_skip_count_follow_pdarts():
+    from fastnas.supernet import genotypes_by_skip_count
+
+    torch.manual_seed(0)
+    net = SuperNet(channels=2, layers=3)
+    with torch.no_grad():
+        net.alpha_normal.normal_(0, 0.1)
+        net.alpha_normal[:, PRIMITIVES.index("skip_connect")] += 5.0  # skips win every edge
+    entries = genotypes_by_skip_count(net)
+    assert [e["skips"] for e in entries] == list(range(8, -1, -1))
+    assert [e["max_skip"] for e in entries] == list(range(8, -1, -1))
+    assert entries[0]["uncapped"] and not any(e["uncapped"] for e in entries[1:])
+    for e in entries:
+        g = Genotype.from_dict(e["genotype"])
+        assert str(g) == e["text"] and g == derive_genotype(net, e["max_skip"])

@@ -1,0 +1,106 @@
+"""Architecture-step pieces the search loop calls: extra loss terms and DARTS' second-order gradient.
+
+- :class:`DirichletAnchor`: DrNAS' anchor regulariser, ``scale * sum_edges KL(Dir(elu(alpha) + 1) ||
+  Dir(1))`` over both cell types (xiangning-chen/DrNAS, DARTS-space/model_search.py ``_get_kl_reg``,
+  ``reg_scale`` 1e-3). It pulls the concentrations towards the uniform prior so the Dirichlet does not
+  become confident too early.
+- :func:`unrolled_arch_grads`: DARTS' second-order architecture gradient (quark0/darts,
+  cnn/architect.py): the validation loss at the one-step unrolled weights
+  ``w' = w - xi * (momentum * buf + grad_w L_train + weight_decay * w)``, minus ``xi`` times the
+  Hessian-vector product ``grad_alpha grad_w L_train . grad_w' L_val``, estimated by central
+  differences at ``w +- eps v`` with ``eps = 0.01 / ||v||``. ``xi`` is the current weight lr.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+
+class DirichletAnchor:
+    """DrNAS' KL anchor towards the Dirichlet(1) prior, added to the architecture loss."""
+
+    def __init__(self, scale: float):
+        self.scale = float(scale)
+
+    def value(self, net) -> torch.Tensor:
+        total = 0.0
+        for alpha in net.named_arch_parameters().values():
+            a = alpha if alpha.dtype == torch.float64 else alpha.float()
+            q = torch.distributions.Dirichlet(F.elu(a) + 1)
+            p = torch.distributions.Dirichlet(torch.ones_like(a))
+            total = total + torch.distributions.kl_divergence(q, p).sum()
+        return total
+
+    def __call__(self, loss, net, sampler):
+        return loss + self.scale * self.value(net)
+
+
+def arch_terms(cfg) -> list:
+    """The loss terms the search's config asks for beyond the budget penalty."""
+    return [DirichletAnchor(cfg.dirichlet_anchor)] if cfg.dirichlet_anchor > 0 else []
+
+
+def _loss(net, params, buffers, x, y, samples, autocast):
+    with autocast():
+        logits = functional_call(net, (params, buffers), (x, samples))
+    return F.cross_entropy(logits.float(), y)
+
+
+def unrolled_arch_grads(net, samples, train_batch, valid_batch, w_opt, lr: float, add_terms, autocast,
+                        eps: float = 0.01) -> tuple[list[torch.Tensor | None], torch.Tensor, torch.Tensor]:
+    """DARTS' second-order gradient of the validation loss w.r.t. ``net.arch_parameters()``, for the
+    architecture `samples` (built from the alphas, so differentiable in them). Returns the gradients,
+    the validation cross-entropy and the validation logits. `add_terms(loss) -> loss` adds the
+    architecture-only terms (budget, anchor) to the validation loss."""
+    arch = net.arch_parameters()
+    arch_ids = {id(p) for p in arch}
+    names = [n for n, p in net.named_parameters() if id(p) not in arch_ids]
+    params = dict(net.named_parameters())
+    weights = {n: params[n] for n in names}
+    buffers = dict(net.named_buffers())
+    group = w_opt.param_groups[0]
+    mu, wd = group.get("momentum", 0.0), group.get("weight_decay", 0.0)
+    x, y = train_batch
+    xv, yv = valid_batch
+
+    # one SGD step of the weights on the training batch, as the weight optimizer would take it
+    train_loss = _loss(net, weights, buffers, x, y, samples, autocast)
+    grads = torch.autograd.grad(train_loss, list(weights.values()), allow_unused=True, retain_graph=True)
+    unrolled = {}
+    for (n, w), g in zip(weights.items(), grads, strict=True):
+        g = torch.zeros_like(w) if g is None else g
+        buf = w_opt.state.get(w, {}).get("momentum_buffer")
+        step = g + wd * w.detach()
+        if buf is not None:
+            step = step + mu * buf
+        unrolled[n] = (w.detach() - lr * step).requires_grad_()
+
+    # the validation loss at the unrolled weights: direct alpha gradient and v = grad_w' L_val
+    with autocast():
+        logits = functional_call(net, ({**params, **unrolled}, buffers), (xv, samples))
+    ce = F.cross_entropy(logits.float(), yv)
+    loss = add_terms(ce)
+    out = torch.autograd.grad(loss, [*arch, *unrolled.values()], allow_unused=True, retain_graph=True)
+    d_alpha, v = out[: len(arch)], out[len(arch):]
+    v = [torch.zeros_like(w) if g is None else g for w, g in zip(unrolled.values(), v, strict=True)]
+    norm = torch.sqrt(sum((g.float() ** 2).sum() for g in v))
+    R = eps / norm.clamp_min(1e-12)
+
+    # Hessian-vector product by central differences of grad_alpha L_train at w +- R v
+    def alpha_grad(sign):
+        moved = {n: w.detach() + sign * R * g for (n, w), g in zip(weights.items(), v, strict=True)}
+        lt = _loss(net, {**params, **moved}, buffers, x, y, samples, autocast)
+        return torch.autograd.grad(lt, arch, allow_unused=True, retain_graph=True)
+
+    gp, gn = alpha_grad(1.0), alpha_grad(-1.0)
+    result = []
+    for d, p_, n_ in zip(d_alpha, gp, gn, strict=True):
+        if d is None and p_ is None:
+            result.append(None)
+            continue
+        d = torch.zeros_like(p_) if d is None else d
+        hvp = (p_ - n_) / (2 * R) if p_ is not None else torch.zeros_like(d)
+        result.append(d - lr * hvp)
+    return result, ce.detach(), logits.detach()
