@@ -3,9 +3,10 @@
 #   benchmarks/gpu_check.sh [OUTDIR]
 # builds fastnas._C in place with the CUDA kernels, runs the whole test suite (CUDA cases included),
 # runs the GPU op benchmark (CUDA events, warm-up excluded, medians, GB/s against the measured copy
-# bandwidth), the retraining throughput, and prints short tables last. Full results (8 files) go to
+# bandwidth), the retraining throughput, one iteration per method preset, one full search epoch of the
+# default preset's first stage on CIFAR-10-sized data, and prints short tables last. Full results (8 files) go to
 # OUTDIR (default benchmarks/results/gpu).
-# Meant to finish in under 5 minutes on an H200.
+# Meant to finish in under 8 minutes on an H200.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-benchmarks/results/gpu}
@@ -35,6 +36,19 @@ PYTHONPATH=$PWD python benchmarks/compare_ops.py --device cuda --out "$OUT" > "$
 # Retraining throughput (target: >= 2,800 images/s for a 600-epoch CIFAR-10 run in 3 hours).
 PYTHONPATH=$PWD timeout 240 python benchmarks/train_speed.py --device cuda --batch 128 --steps 10 \
   --configs fp32,channels_last,bf16,bf16+channels_last+compile --out "$OUT" >> "$OUT/bench.log" 2>&1 || status=1
+# One search iteration per method preset (C=16, 8 cells, batch 32), side by side.
+PYTHONPATH=$PWD timeout 300 python benchmarks/method_step.py --device cuda --iters 10 --out "$OUT" \
+  >> "$OUT/bench.log" 2>&1 || status=1
+# How long a whole search takes: one full epoch of the default preset's first stage (5 cells, C=16, all 8
+# ops, gumbel-hard, weight + architecture step) on CIFAR-10-sized data (25,000 + 25,000 generated images).
+PYTHONPATH=$PWD timeout 300 python -m fastnas.search --preset progressive --device cuda --embedded-size 50000 \
+  --cells 5 --channels 16 --ops-kept 8 --skip-dropout 0 --partial-channels 1 --epochs 1 --warmup-epochs 0 \
+  --no-plots --derived-eval-images 0 --out "$OUT/search_epoch" > "$OUT/search_epoch.log" 2>&1 || status=1
+echo
+echo "== one search epoch, progressive stage 1, CIFAR-10-sized ($OUT/search_epoch.log) =="
+grep -E "epoch 1/1|search time" "$OUT/search_epoch.log"
+echo "== method presets, one iteration ($OUT/method_step.md) =="
+cat "$OUT/method_step.md" 2>/dev/null
 echo
 echo "== GPU op benchmark ($OUT/ops_cuda.md) =="
 cat "$OUT/ops_cuda.md" 2>/dev/null || tail -20 "$OUT/bench.log"

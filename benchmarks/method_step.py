@@ -1,0 +1,117 @@
+"""One search iteration per method preset, side by side: images/s and peak memory (issue 11).
+
+    python benchmarks/method_step.py [--batch 32] [--channels 16] [--cells 8] [--iters 4] [--device cpu]
+
+Every preset runs its own first stage's mechanisms (sampler, partial channels, edge normalization,
+first or second order) through the real search loop (``Searcher.train_epoch``: a weight step and an
+architecture step per iteration) on one shared shape, C=16 and 8 cells, so the numbers compare the
+methods rather than their network sizes. A partial-channel K that does not divide C is replaced by
+the preset's next one that does (DrNAS: K=6 -> 4 at C=16). Each preset runs in its own process, so its
+peak RSS (CPU) or peak allocated memory (CUDA) is its own. The published search cost of each method
+(DESIGN.md, GPU-days on CIFAR-10) is printed beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+PRESETS = ("darts", "darts2", "pcdarts", "gdas", "drnas", "pdarts", "progressive")
+PUBLISHED = {"darts": "1.5 (1st order)", "darts2": "4 (2nd order; 1.0 in DESIGN.md's table)",
+             "pcdarts": "0.1 (1080Ti)", "gdas": "0.21 (V100)", "drnas": "0.6", "pdarts": "0.3 (P100)",
+             "progressive": "-"}
+
+
+def worker(name: str, batch: int, channels: int, cells: int, iters: int, device: str) -> dict:
+    import torch
+
+    from fastnas import config as cfglib
+    from fastnas.runs import RunDir
+    from fastnas.search import PRESETS as P
+    from fastnas.search import SearchConfig, Searcher
+
+    preset = P[name]
+    stages = len(preset.get("cells", [5, 11, 17]))
+    ks = [k for k in preset.get("partial_channels", [1]) if channels % k == 0] or [1]
+    cli = {"preset": name, "cells": [cells] * stages, "channels": [channels] * stages, "batch_size": batch,
+           "warmup_epochs": [0] * stages, "epochs": [2] * stages, "max_steps": iters, "device": device,
+           "embedded_size": 4 * batch * iters, "plots": False, "derived_eval_images": 0,
+           "partial_channels": [ks[0]] * stages}
+    cfg = cfglib.build_config(SearchConfig, P, cli, "progressive")
+    dev = torch.device(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = RunDir(tmp)
+        searcher = Searcher(cfg, run, dev)
+        searcher.build_stage(0)
+        searcher.train_epoch(0, 0)  # warm-up pass (allocations, autotuning); not timed
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        searcher.train_epoch(0, 1)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        dt = (time.perf_counter() - t0) / iters
+        run.close()
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {"preset": name, "sampler": cfg.sampler, "partial_channels": ks[0], "edge_norm": cfg.edge_norm,
+            "arch_order": cfg.arch_order, "s_per_iter": dt, "images_per_s": batch / dt, "peak_mb": peak}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--channels", type=int, default=16)
+    p.add_argument("--cells", type=int, default=8)
+    p.add_argument("--iters", type=int, default=4)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--presets", nargs="+", default=list(PRESETS))
+    p.add_argument("--out", default=None, help="write method_step.json and .md into this folder")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.worker:
+        print(json.dumps(worker(a.worker, a.batch, a.channels, a.cells, a.iters, a.device)))
+        return 0
+    rows = []
+    for name in a.presets:
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--batch", str(a.batch), "--channels",
+               str(a.channels), "--cells", str(a.cells), "--iters", str(a.iters), "--device", a.device]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            print(f"{name}: failed: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
+            continue
+        rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    base = next((r for r in rows if r["preset"] == "darts"), rows[0] if rows else None)
+    lines = [f"One search iteration (weight step + architecture step), C={a.channels}, {a.cells} cells, batch "
+             f"{a.batch}, {a.device}, {a.iters} iterations timed per preset", "",
+             "| preset | sampler | K | edge norm | order | s/iter | images/s | vs darts | peak MB "
+             "| published GPU-days |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        norm = "yes" if r["edge_norm"] else "no"
+        lines.append(f"| {r['preset']} | {r['sampler']} | {r['partial_channels']} | {norm} | {r['arch_order']} "
+                     f"| {r['s_per_iter']:.3f} | {r['images_per_s']:.1f} | "
+                     f"{r['images_per_s'] / base['images_per_s']:.2f}x | {r['peak_mb']:.0f} "
+                     f"| {PUBLISHED[r['preset']]} |")
+    text = "\n".join(lines)
+    print(text)
+    if a.out:
+        os.makedirs(a.out, exist_ok=True)
+        with open(os.path.join(a.out, "method_step.json"), "w") as f:
+            json.dump(rows, f, indent=1)
+        with open(os.path.join(a.out, "method_step.md"), "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
