@@ -218,11 +218,12 @@ def default_latency_cache() -> Path:
 
 
 # ----------------------------------------------------------------------------- the cost model
-def _reference_genotype(steps: int = 4) -> Genotype:
-    """Every edge a 3x3 max pool: ops with no parameters and no FLOPs."""
+def _reference_genotype(steps: int = 4, reduce_cell: str | None = None) -> Genotype:
+    """Every edge a 3x3 max pool: ops with no parameters and no FLOPs (a fixed reduction cell, if any,
+    is part of the fixed cost)."""
     pairs = [("max_pool_3x3", j) for i in range(steps) for j in (0, 1)]
     concat = tuple(range(2, steps + 2))
-    return Genotype(pairs, concat, pairs, concat)
+    return Genotype(pairs, concat, () if reduce_cell else pairs, concat, reduce_cell=reduce_cell)
 
 
 def build_eval_network(genotype: Genotype, shape: EvalShape):
@@ -258,18 +259,19 @@ class CostModel:
     """
 
     def __init__(self, metric: str, shape: EvalShape = EvalShape(), latency: LatencyTable | None = None,
-                 steps: int = 4):
+                 steps: int = 4, reduce_cell: str | None = None):
         if metric not in METRICS:
             raise ConfigError(f"cost metric must be one of {', '.join(METRICS)}, got {metric!r}")
         if metric == "latency" and latency is None:
             latency = LatencyTable(LatencySetting(), None)
         self.metric, self.shape, self.latency, self.steps = metric, shape, latency, steps
+        self.reduce_cell = reduce_cell
         self.inputs = edge_inputs(steps)
         self._cache: dict[tuple[str, int, str], float] = {}
-        ref = _reference_genotype(steps)
+        ref = _reference_genotype(steps, reduce_cell)
         if metric == "latency":
-            whole = latency.network(f"ref|C{shape.channels}|L{shape.layers}|S{shape.image_size}|n{shape.num_classes}",
-                                    lambda: build_eval_network(ref, shape))
+            key = f"ref|C{shape.channels}|L{shape.layers}|S{shape.image_size}|n{shape.num_classes}|{reduce_cell}"
+            whole = latency.network(key, lambda: build_eval_network(ref, shape))
         else:
             whole = measure_genotype(ref, shape, metric)
         self.fixed = whole - self._ops_cost(ref)
@@ -285,6 +287,8 @@ class CostModel:
 
     def op_cost(self, cell: str, edge: int, op: str) -> float:
         """Cost of `op` on `edge` summed over every `cell` of the evaluation network."""
+        if cell == "reduce" and self.reduce_cell:  # fixed: its cost is in `fixed`
+            return 0.0
         stride2 = cell == "reduce" and self.inputs[edge] < 2
         key = (cell, 2 if stride2 else 1, op)
         if key not in self._cache:
@@ -302,6 +306,9 @@ class CostModel:
 
     def genotype_cost(self, genotype: Genotype) -> float:
         """Predicted cost of the whole evaluation network for `genotype` (exact for params and FLOPs)."""
+        if genotype.reduce_cell != self.reduce_cell:
+            raise ValueError(f"cost model for reduce_cell={self.reduce_cell!r} asked about a genotype with "
+                             f"reduce_cell={genotype.reduce_cell!r}")
         return self.fixed + self._ops_cost(genotype)
 
     def table(self, edge_primitives: dict[str, list[list[str]]]) -> dict[str, Tensor]:
@@ -317,14 +324,14 @@ class CostModel:
 
 def make_cost_model(metric: str, shape: EvalShape, *, latency_device: str = "cpu", latency_batch: int = 1,
                     latency_dtype: str = "float32", channels_last: bool = False,
-                    latency_cache: str | None = None) -> CostModel:
+                    latency_cache: str | None = None, reduce_cell: str | None = None) -> CostModel:
     latency = None
     if metric == "latency":
         if latency_device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"latency_device {latency_device}: no CUDA device here")
         setting = LatencySetting(latency_device, latency_batch, latency_dtype, channels_last)
         latency = LatencyTable(setting, latency_cache or default_latency_cache())
-    model = CostModel(metric, shape, latency)
+    model = CostModel(metric, shape, latency, reduce_cell=reduce_cell)
     model.save()
     return model
 
@@ -420,7 +427,8 @@ class CostPenalty:
         elif before > self.target and mode == "channels":
             channels = fit_channels(genotype, m.shape, m.metric, self.target, m.latency) or 1
         shape = EvalShape(channels, m.shape.layers, m.shape.image_size, m.shape.num_classes)
-        after = (CostModel(m.metric, shape, m.latency) if channels != m.shape.channels else m).genotype_cost(final)
+        after = (CostModel(m.metric, shape, m.latency, reduce_cell=m.reduce_cell) if channels != m.shape.channels
+                 else m).genotype_cost(final)
         rep = {"metric": m.metric, "unit": UNITS[m.metric], "target": self.target, "penalty": self.form,
                "strength": self.strength, "fit": mode, "derived_cost": before, "cost": after,
                "meets_budget": after <= self.target, "exchanges": moves, "eval_channels": channels,
@@ -482,7 +490,7 @@ def make_penalty(cfg, image_size: int, num_classes: int, primitives) -> CostPena
     shape = EvalShape(cfg.eval_channels, cfg.eval_layers, image_size, num_classes)
     model = make_cost_model(metric, shape, latency_device=cfg.latency_device, latency_batch=cfg.latency_batch,
                             latency_dtype=cfg.latency_dtype, channels_last=cfg.channels_last,
-                            latency_cache=cfg.latency_cache)
+                            latency_cache=cfg.latency_cache, reduce_cell=cfg.fixed_reduction)
     low = cheapest_cost(model, {c: [list(primitives)] * len(model.inputs) for c in CELL_TYPES})
     if low > target:
         name = "target_latency_ms" if metric == "latency" else f"target_{metric}"
@@ -574,7 +582,7 @@ def _to_genotype(cells, like: Genotype, steps: int) -> Genotype:
         for i in range(steps):
             pairs += [(op, inputs[e]) for e, op in cells[c][2 * i: 2 * i + 2]]
         out[c] = pairs
-    return Genotype(out["normal"], like.normal_concat, out["reduce"], like.reduce_concat)
+    return Genotype(out["normal"], like.normal_concat, out["reduce"], like.reduce_concat, reduce_cell=like.reduce_cell)
 
 
 def fit_channels(genotype: Genotype, shape: EvalShape, metric: str, target: float,
@@ -583,7 +591,11 @@ def fit_channels(genotype: Genotype, shape: EvalShape, metric: str, target: floa
     `target` (None if even C=1 does not)."""
     for C in range(shape.channels, 0, -1):
         s = EvalShape(C, shape.layers, shape.image_size, shape.num_classes)
-        if CostModel(metric, s, latency).genotype_cost(genotype) <= target:
+        try:
+            cost = CostModel(metric, s, latency, reduce_cell=genotype.reduce_cell).genotype_cost(genotype)
+        except ValueError:  # e.g. a fixed reduction cell needs C * 2 to be a multiple of 8
+            continue
+        if cost <= target:
             return C
     return None
 
@@ -594,7 +606,7 @@ def cost_report(genotype: Genotype, shape: EvalShape, latency: LatencyTable | No
            "params": measure_genotype(genotype, shape, "params"),
            "flops": measure_genotype(genotype, shape, "flops")}
     if latency is not None:
-        model = CostModel("latency", shape, latency)
+        model = CostModel("latency", shape, latency, reduce_cell=genotype.reduce_cell)
         rep["latency_ms_predicted"] = model.genotype_cost(genotype)
         rep["latency_ms_measured"] = measure_genotype(genotype, shape, "latency", latency)
         rep["latency_setting"] = latency.setting.key()

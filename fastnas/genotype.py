@@ -23,7 +23,10 @@ from pathlib import Path
 
 from fastnas.primitives import is_primitive
 
-__all__ = ["Genotype", "GenotypeError", "PUBLISHED", "published"]
+__all__ = ["Genotype", "GenotypeError", "PUBLISHED", "published", "FIXED_REDUCTION_CELLS"]
+
+# Hand-designed reduction cells a genotype can name instead of searched reduce edges.
+FIXED_REDUCTION_CELLS = ("gdas_frc",)
 
 
 class GenotypeError(ValueError):
@@ -49,6 +52,8 @@ class Genotype:
     reduce: tuple[Edge, ...] = ()
     reduce_concat: tuple[int, ...] = (2, 3, 4, 5)
     name: str | None = field(default=None, compare=False)
+    # A fixed (not searched) reduction cell by name, e.g. "gdas_frc"; `reduce` is then empty.
+    reduce_cell: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "normal", tuple((str(op), int(i)) for op, i in self.normal))
@@ -64,18 +69,25 @@ class Genotype:
 
     def validate(self, check_ops: bool = True) -> Genotype:
         """Raise :class:`GenotypeError` naming the problem; return self when valid."""
-        for cell in ("normal", "reduce"):
+        if self.reduce_cell is not None:
+            if self.reduce_cell not in FIXED_REDUCTION_CELLS:
+                raise GenotypeError(f"reduce_cell: unknown fixed reduction cell {self.reduce_cell!r} "
+                                    f"(known: {', '.join(FIXED_REDUCTION_CELLS)})")
+            if self.reduce:
+                raise GenotypeError("reduce_cell is set: the reduce edges must be empty")
+        cells = ("normal",) if self.reduce_cell else ("normal", "reduce")
+        for cell in cells:
             edges = getattr(self, cell)
             if len(edges) == 0 or len(edges) % 2:
                 raise GenotypeError(
                     f"{cell} cell: needs 2 edges per intermediate node (an even, non-zero count), "
                     f"got {len(edges)}"
                 )
-        if len(self.reduce) != len(self.normal):
+        if not self.reduce_cell and len(self.reduce) != len(self.normal):
             raise GenotypeError(
                 f"reduce cell has {len(self.reduce)} edges but normal cell has {len(self.normal)}"
             )
-        for cell in ("normal", "reduce"):
+        for cell in cells:
             edges = getattr(self, cell)
             for e, (op, idx) in enumerate(edges):
                 node = 2 + e // 2
@@ -94,9 +106,10 @@ class Genotype:
 
     # ----------------------------------------------------------------- text forms
     def __str__(self) -> str:
+        fixed = f", reduce_cell={self.reduce_cell!r}" if self.reduce_cell else ""
         return (
             f"Genotype(normal={list(self.normal)!r}, normal_concat={_concat_repr(list(self.normal_concat))}, "
-            f"reduce={list(self.reduce)!r}, reduce_concat={_concat_repr(list(self.reduce_concat))})"
+            f"reduce={list(self.reduce)!r}, reduce_concat={_concat_repr(list(self.reduce_concat))}{fixed})"
         )
 
     @classmethod
@@ -113,11 +126,11 @@ class Genotype:
         if not (isinstance(tree, ast.Call) and getattr(tree.func, "id", getattr(tree.func, "attr", None))
                 == "Genotype"):
             raise GenotypeError("not a DARTS genotype string: expected Genotype(normal=..., reduce=...)")
-        names = ["normal", "normal_concat", "reduce", "reduce_concat"]
+        names = ["normal", "normal_concat", "reduce", "reduce_concat", "reduce_cell"]
         values = {}
         for pos, node in enumerate(tree.args):
-            if pos >= len(names):
-                raise GenotypeError("Genotype(...) takes at most 4 fields")
+            if pos >= 4:
+                raise GenotypeError("Genotype(...) takes at most 4 positional fields")
             values[names[pos]] = node
         for kw in tree.keywords:
             if kw.arg not in names:
@@ -142,6 +155,8 @@ class Genotype:
         }
         if self.name:
             d["name"] = self.name
+        if self.reduce_cell:
+            d["reduce_cell"] = self.reduce_cell
         return d
 
     def to_json(self, path: str | os.PathLike | None = None, indent: int = 2) -> str:
@@ -165,6 +180,7 @@ class Genotype:
                 reduce=[tuple(e) for e in d["reduce"]],
                 reduce_concat=d.get("reduce_concat", (2, 3, 4, 5)),
                 name=d.get("name"),
+                reduce_cell=d.get("reduce_cell"),
             )
         except (TypeError, ValueError) as exc:
             raise GenotypeError(f"genotype JSON: malformed edges, expected [op, input] pairs ({exc})") from None

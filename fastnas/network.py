@@ -58,6 +58,60 @@ class EvalCell(nn.Module):
         return torch.cat([states[i] for i in self.concat], dim=1)
 
 
+class FixedReductionCell(nn.Module):
+    """GDAS' fixed reduction cell ("FRC", used for its 2.82% CIFAR-10 result; the structure of
+    D-X-Y/AutoDL-Projects' ``GDAS_Reduction_Cell``): from each preprocessed input, a factorised
+    1x3 / 3x1 stride-2 grouped convolution branch (groups 8) and a 3x3 stride-2 max pool, the four
+    concatenated (multiplier 4). `affine=False` is its search-network form."""
+
+    multiplier = 4
+    reduction = True
+
+    def __init__(self, C_prev_prev: int, C_prev: int, C: int, reduction_prev: bool, affine: bool = True):
+        super().__init__()
+        if C % 8:
+            raise ValueError(f"gdas_frc: the reduction cell's channels ({C}) must be a multiple of 8 "
+                             "(its convolutions have 8 groups)")
+        if reduction_prev:
+            self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine)
+        else:
+            self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine)
+        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine)
+
+        def conv_branch():
+            return nn.Sequential(
+                nn.ReLU(inplace=False),
+                nn.Conv2d(C, C, (1, 3), stride=(1, 2), padding=(0, 1), groups=8, bias=False),
+                nn.Conv2d(C, C, (3, 1), stride=(2, 1), padding=(1, 0), groups=8, bias=False),
+                nn.BatchNorm2d(C, affine=affine),
+                nn.ReLU(inplace=False),
+                nn.Conv2d(C, C, 1, bias=False),
+                nn.BatchNorm2d(C, affine=affine),
+            )
+
+        def pool_branch():
+            return nn.Sequential(nn.MaxPool2d(3, stride=2, padding=1), nn.BatchNorm2d(C, affine=affine))
+
+        self.convs = nn.ModuleList([conv_branch(), conv_branch()])
+        self.pools = nn.ModuleList([pool_branch(), pool_branch()])
+        self.drop_prob = 0.0
+
+    def forward(self, s0: Tensor, s1: Tensor, *_unused) -> Tensor:
+        s0, s1 = self.preprocess0(s0), self.preprocess1(s1)
+        outs = [self.convs[0](s0), self.convs[1](s1), self.pools[0](s0), self.pools[1](s1)]
+        if self.training and self.drop_prob > 0:
+            outs = [drop_path(o, self.drop_prob) for o in outs]
+        return torch.cat(outs, dim=1)
+
+
+def make_cell(genotype: Genotype, C_prev_prev: int, C_prev: int, C: int, reduction: bool,
+              reduction_prev: bool) -> nn.Module:
+    """The evaluation cell at one position: the genotype's cell, or its fixed reduction cell."""
+    if reduction and genotype.reduce_cell == "gdas_frc":
+        return FixedReductionCell(C_prev_prev, C_prev, C, reduction_prev, affine=True)
+    return EvalCell(genotype, C_prev_prev, C_prev, C, reduction, reduction_prev)
+
+
 class AuxiliaryHeadCIFAR(nn.Module):
     """DARTS auxiliary classifier at 8x8 input."""
 
@@ -108,7 +162,7 @@ class _Network(nn.Module):
             reduction = i in (layers // 3, 2 * layers // 3)
             if reduction:
                 C_curr *= 2
-            cell = EvalCell(genotype, C_prev_prev, C_prev, C_curr, reduction, reduction_prev)
+            cell = make_cell(genotype, C_prev_prev, C_prev, C_curr, reduction, reduction_prev)
             self.cells.append(cell)
             reduction_prev = reduction
             C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr

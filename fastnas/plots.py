@@ -103,7 +103,13 @@ def draw_genotype(genotype: Genotype, path: str | Path, title: str = "") -> Path
     skips = ops.count("skip_connect")
     free = sum(op in PARAMETER_FREE for op in ops)
     _draw_cell(axes[0], genotype, "normal", f"normal cell ({skips} skip, {free} parameter-free of {len(ops)})")
-    _draw_cell(axes[1], genotype, "reduce", "reduction cell")
+    if genotype.reduce_cell:  # a fixed, hand-designed reduction cell: say which
+        axes[1].axis("off")
+        axes[1].text(0.5, 0.5, f"reduction cell: fixed ({genotype.reduce_cell})\n2 x (1x3, 3x1 grouped conv, 1x1) "
+                     "+ 2 x max pool, stride 2", ha="center", va="center", fontsize=10,
+                     bbox=dict(boxstyle="round,pad=0.6", fc="#fee391", ec="#333333"))
+    else:
+        _draw_cell(axes[1], genotype, "reduce", "reduction cell")
     return _save(fig, path, title)
 
 

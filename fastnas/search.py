@@ -29,7 +29,7 @@ from fastnas import config as cfglib
 from fastnas.config import ConfigError, RunOptions, opt
 from fastnas.cost import CostPenalty, make_penalty, parse_amount
 from fastnas.data import BatchStream, augment, load_dataset, normalize, split_train
-from fastnas.genotype import Genotype
+from fastnas.genotype import FIXED_REDUCTION_CELLS, Genotype
 from fastnas.primitives import PRIMITIVES, is_primitive
 from fastnas.runs import (
     AMP_DTYPES,
@@ -83,10 +83,12 @@ class SearchConfig(RunOptions):
     # method mechanisms (DARTS, PC-DARTS, DrNAS)
     arch_order: int = opt(1, "architecture gradient: 1 first order, 2 DARTS' second order (one-step unrolled "
                              "weights, finite-difference Hessian-vector product)", choices=[1, 2])
-    partial_channels: list[int] = opt([1, 1, 1], "PC-DARTS: per stage, 1/K of the channels go through the "
-                                                 "candidate ops, the rest bypass them (1: off)")
+    partial_channels: list[int] = opt([1], "PC-DARTS: 1/K of the channels go through the candidate ops, the rest "
+                                           "bypass them; one K for every stage or one per stage (1: off)")
     edge_norm: bool = opt(False, "PC-DARTS edge normalization: a softmax weight per incoming edge, also "
                                  "multiplied into the derivation's edge scores")
+    fixed_reduction: str | None = opt(None, "a hand-designed reduction cell instead of a searched one: gdas_frc "
+                                            "(GDAS' FRC, the setting of its best CIFAR-10 result)")
     dirichlet_anchor: float = opt(0.0, "DrNAS: weight of the KL of the Dirichlet to its Dirichlet(1) prior in "
                                        "the architecture loss (dirichlet sampler only; 0: off)")
     # weight optimizer
@@ -133,6 +135,11 @@ class SearchConfig(RunOptions):
     def num_stages(self) -> int:
         return len(self.cells)
 
+    def stage_partial_channels(self, stage: int) -> int:
+        """K of the partial channel connections in `stage` (one value serves every stage)."""
+        ks = self.partial_channels
+        return ks[0] if len(ks) == 1 else ks[stage]
+
     @property
     def budget(self) -> tuple[str, float] | None:
         """(metric, target) of the cost budget, or None."""
@@ -147,7 +154,10 @@ class SearchConfig(RunOptions):
         n = len(self.cells)
         if n < 1:
             raise ConfigError("cells: at least one stage is needed")
-        for name in ("channels", "ops_kept", "skip_dropout", "epochs", "warmup_epochs", "partial_channels"):
+        if len(self.partial_channels) not in (1, n):
+            raise ConfigError(f"partial_channels has {len(self.partial_channels)} entries: give one K for every "
+                              f"stage or one per stage ({n})")
+        for name in ("channels", "ops_kept", "skip_dropout", "epochs", "warmup_epochs"):
             if len(getattr(self, name)) != n:
                 raise ConfigError(
                     f"{name} has {len(getattr(self, name))} entries but cells has {n}: one per stage is needed"
@@ -177,7 +187,7 @@ class SearchConfig(RunOptions):
                                   f"{self.epochs[s]}")
             if not 0 <= self.skip_dropout[s] < 1:
                 raise ConfigError(f"skip_dropout: stage {s + 1} rate {self.skip_dropout[s]} is not in [0, 1)")
-            k = self.partial_channels[s]
+            k = self.stage_partial_channels(s)
             if k < 1 or self.channels[s] % k:
                 raise ConfigError(f"partial_channels: stage {s + 1} K={k} must be >= 1 and divide its "
                                   f"{self.channels[s]} channels")
@@ -206,6 +216,14 @@ class SearchConfig(RunOptions):
         if len(targets) > 1:
             raise ConfigError(f"one budget at a time: {' and '.join(targets)} are both set")
         _ = self.budget  # parses the target: a one-line error for 0, negatives or text
+        if self.fixed_reduction is not None:
+            if self.fixed_reduction not in FIXED_REDUCTION_CELLS:
+                raise ConfigError(f"fixed_reduction must be one of {', '.join(FIXED_REDUCTION_CELLS)}, "
+                                  f"got {self.fixed_reduction!r}")
+            bad = [c for c in self.channels if (2 * c) % 8]
+            if bad:
+                raise ConfigError(f"fixed_reduction {self.fixed_reduction}: channels {bad} give reduction cells "
+                                  "whose width is not a multiple of 8 (its grouped convolutions need it)")
         if not (math.isfinite(self.dirichlet_anchor) and self.dirichlet_anchor >= 0):
             raise ConfigError(f"dirichlet_anchor must be a finite number >= 0, got {self.dirichlet_anchor}")
         if self.dirichlet_anchor > 0 and self.sampler != "dirichlet":
@@ -252,7 +270,7 @@ PRESETS: dict[str, dict] = {
                 "lr_min": 0.0, "sampler": "softmax", "arch_lr": 6e-4, "arch_grad_clip": 0.0,
                 "partial_channels": [4], "edge_norm": True},
     # GDAS (D-X-Y/AutoDL-Projects, GDAS on the DARTS space): hard Gumbel, tau 10 -> 0.1 over 240 epochs,
-    # SGD 0.025 -> 0.001, batch 64, Adam 3e-4. Its fixed (hand-designed) reduction cell is not provided.
+    # SGD 0.025 -> 0.001, batch 64, Adam 3e-4. Add --fixed-reduction gdas_frc for its FRC setting.
     "gdas": {**_ONE_STAGE, "epochs": [240], "warmup_epochs": [0], "batch_size": 64, "lr": 0.025, "lr_min": 0.001,
              "sampler": "gumbel-hard", "arch_lr": 3e-4, "arch_grad_clip": 0.0},
     # DrNAS (xiangning-chen/DrNAS DARTS-space/train_search.py, progressive): 20 cells, C=36, two stages of 25
@@ -334,7 +352,8 @@ class Searcher:
         self.net = SuperNet(
             channels=cfg.channels[stage], layers=cfg.cells[stage], num_classes=self.num_classes,
             primitives=cfg.primitives, edge_primitives=self.edge_primitives,
-            partial_channels=cfg.partial_channels[stage], edge_norm=cfg.edge_norm,
+            partial_channels=cfg.stage_partial_channels(stage), edge_norm=cfg.edge_norm,
+            fixed_reduction=cfg.fixed_reduction,
         ).to(self.device, memory_format=self.memory_format)
         if self.edge_primitives is None:
             self.edge_primitives = self.net.edge_primitives

@@ -33,7 +33,8 @@ from fastnas.runs import RunDir, RunError, cli_main, default_run_dir
 from fastnas.sampler import SAMPLERS
 
 
-def random_genotype(rng: random.Random, primitives=PRIMITIVES, steps: int = 4, max_skip: int | None = 2) -> Genotype:
+def random_genotype(rng: random.Random, primitives=PRIMITIVES, steps: int = 4, max_skip: int | None = 2,
+                    reduce_cell: str | None = None) -> Genotype:
     """A uniformly random DARTS cell pair: per node two distinct earlier nodes, each edge an op drawn
     uniformly from `primitives` without 'none'; the normal cell is redrawn until it holds at most
     `max_skip` skip connections (the rule the search's derivation obeys)."""
@@ -53,7 +54,10 @@ def random_genotype(rng: random.Random, primitives=PRIMITIVES, steps: int = 4, m
                 return pairs
 
     concat = list(range(2, steps + 2))
-    return Genotype(cell(max_skip), concat, cell(None), concat)
+    normal = cell(max_skip)
+    if reduce_cell:  # the search's fixed reduction cell: the same for random cells
+        return Genotype(normal, concat, (), concat, reduce_cell=reduce_cell)
+    return Genotype(normal, concat, cell(None), concat)
 
 
 def parse_args(argv=None):
@@ -230,7 +234,8 @@ def _study(opts, ctx) -> int:
         (out / "study_config.yaml").write_text(yaml.safe_dump({k: opts[k] for k in _SAVED}, sort_keys=False))
     prims, max_skip = _search_space(opts)
     rng = random.Random(opts["random_seed"])
-    randoms = [random_genotype(rng, prims, max_skip=max_skip) for _ in range(opts["random"])]
+    fixed = _search_values(opts).get("fixed_reduction")
+    randoms = [random_genotype(rng, prims, max_skip=max_skip, reduce_cell=fixed) for _ in range(opts["random"])]
     run.write_json("random_genotypes.json", [g.to_dict() for g in randoms])
     results = {"samplers": opts["samplers"], "seeds": opts["seeds"], "random": opts["random"],
                "dataset": opts["dataset"] or "embedded", "search_preset": opts["search_preset"],

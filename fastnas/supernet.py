@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from fastnas import ops
 from fastnas.genotype import Genotype
+from fastnas.network import FixedReductionCell
 from fastnas.primitives import PRIMITIVES, FactorizedReduce, ReLUConvBN, build_op, is_primitive
 from fastnas.sampler import Sample, Sampler
 
@@ -185,6 +186,7 @@ class SuperNet(nn.Module):
         in_channels: int = 3,
         partial_channels: int = 1,
         edge_norm: bool = False,
+        fixed_reduction: str | None = None,
     ):
         super().__init__()
         if channels < 1 or layers < 1 or num_classes < 1 or steps < 1:
@@ -216,8 +218,11 @@ class SuperNet(nn.Module):
             if reduction:
                 C_curr *= 2
             cell_type = "reduce" if reduction else "normal"
-            cell = SearchCell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction, reduction_prev,
-                              self.edge_primitives[cell_type], partial_channels)
+            if reduction and fixed_reduction:  # GDAS-FRC: the reduction cell is not searched
+                cell = FixedReductionCell(C_prev_prev, C_prev, C_curr, reduction_prev, affine=False)
+            else:
+                cell = SearchCell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction, reduction_prev,
+                                  self.edge_primitives[cell_type], partial_channels)
             self.cells.append(cell)
             reduction_prev = reduction
             C_prev_prev, C_prev = C_prev, multiplier * C_curr
@@ -225,7 +230,7 @@ class SuperNet(nn.Module):
         self.classifier = nn.Linear(C_prev, num_classes)
         self.alpha_normal = nn.Parameter(1e-3 * torch.randn(E, len(self.edge_primitives["normal"][0])))
         self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(E, len(self.edge_primitives["reduce"][0])))
-        self.partial_channels, self.edge_norm = partial_channels, edge_norm
+        self.partial_channels, self.edge_norm, self.fixed_reduction = partial_channels, edge_norm, fixed_reduction
         if edge_norm:
             self.beta_normal = nn.Parameter(1e-3 * torch.randn(E))
             self.beta_reduce = nn.Parameter(1e-3 * torch.randn(E))
@@ -303,6 +308,9 @@ class SuperNet(nn.Module):
             index = [-1] * len(names)
             start = 0
             pairs = getattr(genotype, cell)
+            if cell == "reduce" and self.fixed_reduction:  # the fixed cell ignores its sample
+                samples[cell] = Sample(weights, torch.tensor(index), hard=True, index_list=index)
+                continue
             if len(pairs) != 2 * self.steps:
                 raise ValueError(f"derived_samples: {cell} cell of the genotype has {len(pairs)} edges, "
                                  f"{2 * self.steps} expected")
@@ -389,6 +397,8 @@ def derive_genotype(supernet: SuperNet, max_skip_normal: int | None = 2, sampler
         cap = max_skip_normal if cell == "normal" else None
         cells[cell] = _derive_cell(probs[cell].tolist(), supernet.edge_primitives[cell], steps, cap)
     concat = tuple(range(2 + steps - mult, steps + 2))
+    if supernet.fixed_reduction:
+        return Genotype(cells["normal"], concat, (), concat, reduce_cell=supernet.fixed_reduction)
     return Genotype(cells["normal"], concat, cells["reduce"], concat)
 
 

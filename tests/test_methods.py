@@ -201,3 +201,56 @@ def test_method_presets_run(tmp_path, name):
     assert rows[-1]["valid_loss"] is not None and math.isfinite(rows[-1]["valid_loss"])
     by_skips = json.loads((out / "genotypes_by_skip_count.json").read_text())
     assert by_skips[-1]["skips"] == 0 and by_skips[0]["uncapped"]
+
+
+# ----------------------------------------------------------------------------- GDAS' fixed reduction cell
+def test_fixed_reduction_cell_shape_and_parameters():
+    from fastnas.network import FixedReductionCell
+
+    cell = FixedReductionCell(48, 48, 32, reduction_prev=False)
+    out = cell(torch.randn(2, 48, 16, 16), torch.randn(2, 48, 16, 16))
+    assert out.shape == (2, 128, 8, 8)
+    # preprocess 2 x (48*32 + BN 2*32); per conv branch: 1x3 and 3x1 grouped (8 groups) + BN + 1x1 + BN;
+    # per pool branch: BN
+    pre = 2 * (48 * 32 + 2 * 32)
+    branch = 2 * (32 * 4 * 3) + 2 * 32 + 32 * 32 + 2 * 32
+    assert sum(p.numel() for p in cell.parameters()) == pre + 2 * branch + 2 * (2 * 32)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        FixedReductionCell(12, 12, 12, reduction_prev=False)
+
+
+def test_genotype_with_fixed_reduction_round_trips():
+    from fastnas.genotype import Genotype, GenotypeError, published
+
+    g = Genotype(published("DARTS_V2").normal, (2, 3, 4, 5), (), (2, 3, 4, 5), reduce_cell="gdas_frc")
+    assert Genotype.parse(str(g)) == g and "reduce_cell='gdas_frc'" in str(g)
+    assert Genotype.from_dict(json.loads(g.to_json())) == g
+    with pytest.raises(GenotypeError, match="unknown fixed reduction"):
+        Genotype(g.normal, (2, 3, 4, 5), (), (2, 3, 4, 5), reduce_cell="nope").validate()
+    with pytest.raises(GenotypeError, match="must be empty"):
+        Genotype(g.normal, (2, 3, 4, 5), g.normal, (2, 3, 4, 5), reduce_cell="gdas_frc").validate()
+    from fastnas.cost import CostModel, EvalShape, measure_genotype
+
+    for metric in ("params", "flops"):
+        model = CostModel(metric, EvalShape(8, 5), reduce_cell="gdas_frc")
+        assert model.genotype_cost(g) == measure_genotype(g, EvalShape(8, 5), metric)
+    from fastnas.study import random_genotype
+
+    r = random_genotype(__import__("random").Random(0), reduce_cell="gdas_frc")
+    assert r.reduce == () and r.reduce_cell == "gdas_frc" and len(r.normal) == 8
+
+
+def test_search_with_fixed_reduction_then_retrain(tmp_path):
+    from fastnas.genotype import Genotype
+    from fastnas.train import main as train_main
+
+    out = tmp_path / "frc"
+    args = [*_shrink("gdas"), "--channels", "4", "--fixed-reduction", "gdas_frc", "--out", str(out)]
+    assert main(args) == 0
+    g = Genotype.from_json(out / "genotype.json")
+    assert g.reduce_cell == "gdas_frc" and g.reduce == ()
+    assert train_main(["--genotype", str(out), "--preset", "smoke", "--epochs", "1", "--max-steps", "2",
+                       "--embedded-size", "128", "--no-export", "--no-plots", "--out", str(tmp_path / "t")]) == 0
+    # a width the grouped convolutions cannot take is refused before anything runs
+    assert main([*_shrink("gdas"), "--channels", "6", "--fixed-reduction", "gdas_frc",
+                 "--out", str(tmp_path / "bad")]) == 2
