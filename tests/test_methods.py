@@ -190,7 +190,7 @@ def _shrink(name):
             "--derived-eval-images", "32"]
 
 
-@pytest.mark.parametrize("name", ["darts", "darts2", "pcdarts", "gdas", "drnas", "pdarts"])
+@pytest.mark.parametrize("name", ["darts", "darts2", "pcdarts", "gdas", "drnas"])
 def test_method_presets_run(tmp_path, name):
     out = tmp_path / name
     assert main([*_shrink(name), "--out", str(out)]) == 0
