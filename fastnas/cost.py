@@ -192,10 +192,10 @@ class LatencyTable:
             self.measured += 1
         return self.entries[key]
 
-    def network(self, key: str, build) -> float:
+    def network(self, key: str, build, image_size: int) -> float:
         full = f"{self.prefix}|net|{key}"
         if full not in self.entries:
-            self.entries[full] = measure_network_latency(build(), self.setting)
+            self.entries[full] = measure_network_latency(build(), self.setting, image_size)
             self.measured += 1
         return self.entries[full]
 
@@ -208,9 +208,8 @@ class LatencyTable:
         os.replace(tmp, self.path)
 
 
-def measure_network_latency(net, setting: LatencySetting, image_size: int | None = None) -> float:
-    size = image_size or getattr(net, "_image_size", 32)
-    return time_module(net, (setting.batch_size, 3, size, size), setting)
+def measure_network_latency(net, setting: LatencySetting, image_size: int) -> float:
+    return time_module(net, (setting.batch_size, 3, image_size, image_size), setting)
 
 
 def default_latency_cache() -> Path:
@@ -229,9 +228,7 @@ def _reference_genotype(steps: int = 4, reduce_cell: str | None = None) -> Genot
 def build_eval_network(genotype: Genotype, shape: EvalShape):
     from fastnas.network import EvalNetwork
 
-    net = EvalNetwork(genotype, shape.channels, shape.layers, shape.num_classes, auxiliary=False)
-    net._image_size = shape.image_size
-    return net
+    return EvalNetwork(genotype, shape.channels, shape.layers, shape.num_classes, auxiliary=False)
 
 
 def measure_genotype(genotype: Genotype, shape: EvalShape, metric: str, latency: LatencyTable | None = None) -> float:
@@ -271,7 +268,7 @@ class CostModel:
         ref = _reference_genotype(steps, reduce_cell)
         if metric == "latency":
             key = f"ref|C{shape.channels}|L{shape.layers}|S{shape.image_size}|n{shape.num_classes}|{reduce_cell}"
-            whole = latency.network(key, lambda: build_eval_network(ref, shape))
+            whole = latency.network(key, lambda: build_eval_network(ref, shape), shape.image_size)
         else:
             whole = measure_genotype(ref, shape, metric)
         self.fixed = whole - self._ops_cost(ref)

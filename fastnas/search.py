@@ -140,15 +140,20 @@ class SearchConfig(RunOptions):
         ks = self.partial_channels
         return ks[0] if len(ks) == 1 else ks[stage]
 
+    _TARGETS = (("params", "target_params"), ("flops", "target_flops"), ("latency", "target_latency_ms"))
+
+    def _given_targets(self) -> list[tuple[str, str]]:
+        """(metric, option name) of every budget set."""
+        return [(m, name) for m, name in self._TARGETS if getattr(self, name) is not None]
+
     @property
     def budget(self) -> tuple[str, float] | None:
         """(metric, target) of the cost budget, or None."""
-        given = [(m, v) for m, v in (("params", self.target_params), ("flops", self.target_flops),
-                                     ("latency", self.target_latency_ms)) if v is not None]
+        given = self._given_targets()
         if not given:
             return None
-        metric, value = given[0]
-        return metric, parse_amount(value, f"target_{metric}" + ("_ms" if metric == "latency" else ""))
+        metric, name = given[0]
+        return metric, parse_amount(getattr(self, name), name)
 
     def validate(self) -> None:
         n = len(self.cells)
@@ -212,7 +217,7 @@ class SearchConfig(RunOptions):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {v}")
         if self.derived_eval_images < 0:
             raise ConfigError(f"derived_eval_images must be >= 0, got {self.derived_eval_images}")
-        targets = [n for n in ("target_params", "target_flops", "target_latency_ms") if getattr(self, n) is not None]
+        targets = [name for _, name in self._given_targets()]
         if len(targets) > 1:
             raise ConfigError(f"one budget at a time: {' and '.join(targets)} are both set")
         _ = self.budget  # parses the target: a one-line error for 0, negatives or text
