@@ -126,6 +126,10 @@ def _coerce(cls, name: str, value):
             return str(v)  # e.g. a budget written as a YAML number
         if not isinstance(v, base) or isinstance(v, bool) and base is not bool:
             raise ConfigError(f"option {name!r}: expected {base.__name__}, got {v!r}")
+        # argparse checks choices on the command line; values from a YAML file are checked here
+        choices = f.metadata.get("choices")
+        if choices is not None and v not in choices:
+            raise ConfigError(f"option {name!r}: {v!r} is not one of {', '.join(map(str, choices))}")
         return v
 
     if _is_list(tp):

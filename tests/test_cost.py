@@ -265,3 +265,19 @@ def test_cost_cli_and_pipeline_budget_options(tmp_path):
     assert opts == ["--target-params", "50k", "--eval-channels", "8", "--eval-layers", "5", "--budget-fit", "channels"]
     args.target_params = None
     assert pipeline._budget_options(args, "quick") == []
+
+
+@pytest.mark.parametrize("line, message", [
+    ("budget_fit: foo", "'foo' is not one of exchange, channels, report"),
+    ("cost_penalty: cubic", "'cubic' is not one of linear, absolute, log"),
+    ("target_params: .nan", "expected a number"),
+    ("arch_order: 3", "3 is not one of 1, 2"),
+])
+def test_bad_values_in_yaml_fail_like_the_command_line(tmp_path, capsys, line, message):
+    from fastnas.search import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(line + "\n")
+    assert main([*TINY, "--config", str(cfg), "--out", str(tmp_path / "bad")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], lines
