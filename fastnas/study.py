@@ -116,14 +116,14 @@ def _search_values(opts) -> dict:
     return values
 
 
-def _search_space(opts) -> tuple[list[str], int | None]:
-    """The primitives and skip cap the searches use (preset, then the search YAML)."""
+def _search_space(opts) -> tuple[list[str], int | None, str | None]:
+    """The primitives, skip cap and fixed reduction cell the searches use (preset, then the search YAML)."""
     values = _search_values(opts)
     prims = list(values.get("primitives", PRIMITIVES))
     if not all(isinstance(p, str) and is_primitive(p) for p in prims):
         raise ConfigError(f"search primitives: unknown op in {prims}")
     max_skip = int(values.get("max_skip", 2))
-    return prims, None if max_skip < 0 else max_skip
+    return prims, None if max_skip < 0 else max_skip, values.get("fixed_reduction")
 
 
 _SAME = ("samplers", "random", "dataset", "search_preset", "train_preset")
@@ -232,9 +232,8 @@ def _study(opts, ctx) -> int:
     log = run.log
     if ctx.is_main and not (out / "study_config.yaml").is_file():
         (out / "study_config.yaml").write_text(yaml.safe_dump({k: opts[k] for k in _SAVED}, sort_keys=False))
-    prims, max_skip = _search_space(opts)
+    prims, max_skip, fixed = _search_space(opts)
     rng = random.Random(opts["random_seed"])
-    fixed = _search_values(opts).get("fixed_reduction")
     randoms = [random_genotype(rng, prims, max_skip=max_skip, reduce_cell=fixed) for _ in range(opts["random"])]
     run.write_json("random_genotypes.json", [g.to_dict() for g in randoms])
     results = {"samplers": opts["samplers"], "seeds": opts["seeds"], "random": opts["random"],
