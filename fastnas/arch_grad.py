@@ -55,10 +55,8 @@ def unrolled_arch_grads(net, samples, train_batch, valid_batch, w_opt, lr: float
     the validation cross-entropy and the validation logits. `add_terms(loss) -> loss` adds the
     architecture-only terms (budget, anchor) to the validation loss."""
     arch = net.arch_parameters()
-    arch_ids = {id(p) for p in arch}
-    names = [n for n, p in net.named_parameters() if id(p) not in arch_ids]
     params = dict(net.named_parameters())
-    weights = {n: params[n] for n in names}
+    weights = {n: p for n, p in params.items() if n not in net.ARCH_NAMES}  # as net.weight_parameters()
     buffers = dict(net.named_buffers())
     group = w_opt.param_groups[0]
     mu, wd = group.get("momentum", 0.0), group.get("weight_decay", 0.0)
