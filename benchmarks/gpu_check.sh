@@ -13,6 +13,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-benchmarks/results/gpu}
 PY=${PYTHON:-$(command -v python3 || command -v python)}
+# Which steps run after the build and the probe (a rerun can skip what an earlier run measured):
+STEPS=" ${GPU_CHECK_STEPS:-tests ops train method search} "
+want() { [[ "$STEPS" == *" $1 "* ]]; }
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 FASTNAS_CUDA=1
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
@@ -32,21 +35,60 @@ echo "build: $(( $(date +%s) - start )) s"
 PYTHONPATH=$PWD timeout 60 $PY -m fastnas.info --demo >> "$OUT/info.txt" 2>&1 || status=1
 tail -8 "$OUT/info.txt"
 
-PYTHONPATH=$PWD timeout 150 $PY -m pytest -q -p no:cacheprovider -m cuda tests > "$OUT/tests.log" 2>&1 || status=1
-PYTHONPATH=$PWD timeout 90 $PY -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_build.py \
+# Probe: a bad argument to the raw op must raise RuntimeError on each device. A crash would end the test
+# run below, so on a crash: a native backtrace (cuda-gdb debugs host code too) and the same probe against
+# a CPU-only build go to $OUT/crash.txt, and the bad-input tests are left out of the runs below.
+PROBE=$(mktemp --suffix .py)
+cat > "$PROBE" <<'EOF'
+import torch
+import fastnas.ops  # noqa: F401  (loads fastnas._C)
+for dev in ["cpu", "cuda"]:
+    try:
+        torch.ops.fastnas.weighted_sum(torch.ones(3, device=dev), [torch.ones(4, device=dev)] * 2)
+        print(dev, "NO ERROR RAISED")
+    except RuntimeError as e:
+        print(dev, "raised:", str(e).splitlines()[0])
+EOF
+KSEL=()
+if ! PYTHONPATH=$PWD timeout 60 $PY "$PROBE" > "$OUT/probe.txt" 2>&1; then
+  status=1; KSEL=(-k "not rejects_bad_input")
+  { echo "== probe output"; cat "$OUT/probe.txt"; gcc --version | head -1
+    echo "== native backtrace"
+    PYTHONPATH=$PWD timeout 90 cuda-gdb -q -batch -ex run -ex bt -ex "info sharedlibrary" --args $PY "$PROBE" 2>&1 \
+      | grep -v "^\[New Thread\|^\[Thread" | tail -80
+    echo "== compilers and libraries"
+    command -v g++ c++ gcc; g++ --version | head -1; /usr/bin/g++ --version 2>/dev/null | head -1
+    ldd fastnas/_C*.so | grep -E "stdc|gcc|c10|torch" | head
+    echo "== the same probe against CPU-only builds: default compiler (a), /usr/bin/g++ (b)"
+    for v in a b; do
+      ( rm -rf /tmp/cpu$v; if [ $v = b ]; then export CC=/usr/bin/gcc CXX=/usr/bin/g++; fi
+        FASTNAS_CUDA=0 timeout 150 $PY setup.py build_ext -b /tmp/cpu$v -t /tmp/cpu$v-tmp > /tmp/cpu$v.log 2>&1 \
+          && cp fastnas/*.py /tmp/cpu$v/fastnas/ && PYTHONPATH=/tmp/cpu$v timeout 60 $PY "$PROBE" > /tmp/probe$v.txt 2>&1
+        echo "rc=$?" >> /tmp/probe$v.txt ) &
+    done
+    wait
+    for v in a b; do echo "-- build $v:"; grep -m1 -o "^[^ ]*g++ " /tmp/cpu$v.log; tail -4 /tmp/probe$v.txt; done
+  } > "$OUT/crash.txt" 2>&1
+fi
+echo "probe (a bad argument raises, no crash):"; tail -3 "$OUT/probe.txt"
+
+if want tests; then
+PYTHONPATH=$PWD timeout 150 $PY -m pytest -q -p no:cacheprovider -m cuda "${KSEL[@]}" tests > "$OUT/tests.log" 2>&1 || status=1
+PYTHONPATH=$PWD timeout 90 $PY -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_build.py "${KSEL[@]}" \
   >> "$OUT/tests.log" 2>&1 || status=1
 grep -E "passed|failed|error" "$OUT/tests.log" | tail -4
+fi
 
-PYTHONPATH=$PWD timeout 120 $PY benchmarks/compare_ops.py --device cuda --out "$OUT" > "$OUT/bench.log" 2>&1 || status=1
+want ops && PYTHONPATH=$PWD timeout 120 $PY benchmarks/compare_ops.py --device cuda --out "$OUT" > "$OUT/bench.log" 2>&1 || status=1
 # Retraining throughput (target: >= 2,800 images/s for a 600-epoch CIFAR-10 run in 3 hours).
-PYTHONPATH=$PWD timeout 100 $PY benchmarks/train_speed.py --device cuda --batch 128 --steps 10 \
-  --configs fp32,channels_last,bf16,bf16+channels_last+compile --out "$OUT" >> "$OUT/bench.log" 2>&1 || status=1
+want train && PYTHONPATH=$PWD timeout 100 $PY benchmarks/train_speed.py --device cuda --batch 128 --steps 10 \
+  --configs fp32,channels_last,bf16,bf16+channels_last --out "$OUT" >> "$OUT/bench.log" 2>&1 || status=1
 # One search iteration per method preset (C=16, 8 cells, batch 32), side by side.
-PYTHONPATH=$PWD timeout 60 $PY benchmarks/method_step.py --device cuda --iters 10 --out "$OUT" \
+want method && PYTHONPATH=$PWD timeout 150 $PY benchmarks/method_step.py --device cuda --iters 5 --out "$OUT" \
   >> "$OUT/bench.log" 2>&1 || status=1
 # How long a whole search takes: one full epoch of the default preset's first stage (5 cells, C=16, all 8
 # ops, gumbel-hard, weight + architecture step) on CIFAR-10-sized data (25,000 + 25,000 generated images).
-PYTHONPATH=$PWD timeout 120 $PY -m fastnas.search --preset progressive --device cuda --embedded-size 50000 \
+want search && PYTHONPATH=$PWD timeout 90 $PY -m fastnas.search --preset progressive --device cuda --embedded-size 50000 \
   --cells 5 --channels 16 --ops-kept 8 --skip-dropout 0 --partial-channels 1 --epochs 1 --warmup-epochs 0 \
   --no-plots --derived-eval-images 0 --out "$OUT/search_epoch" > "$OUT/search_epoch.log" 2>&1 || status=1
 echo

@@ -87,9 +87,11 @@ def main(argv=None) -> int:
                str(a.channels), "--cells", str(a.cells), "--iters", str(a.iters), "--device", a.device]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
-            print(f"{name}: failed: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
+            print(f"{name}: failed: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}",
+                  flush=True)
             continue
         rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)  # each preset as it finishes: a time limit keeps what ran
     base = next((r for r in rows if r["preset"] == "darts"), rows[0] if rows else None)
     lines = [f"One search iteration (weight step + architecture step), C={a.channels}, {a.cells} cells, batch "
              f"{a.batch}, {a.device}, {a.iters} iterations timed per preset", "",

@@ -63,14 +63,15 @@ __global__ void forward_kernel(Pointers<scalar_t> p, const weight_t* __restrict_
 template <typename scalar_t, typename weight_t>
 __global__ void backward_kernel(const scalar_t* __restrict__ g, Pointers<scalar_t> p,
                                 const weight_t* __restrict__ w, int k0, int K, int64_t n,
-                                bool need_x, bool need_w, float* __restrict__ partial, int ldp) {
+                                bool need_x, bool need_w,
+                                at::opmath_type<scalar_t>* __restrict__ partial, int ldp) {
   using opmath_t = at::opmath_type<scalar_t>;
   opmath_t wk[kMaxK];
-  float acc[kMaxK];
+  opmath_t acc[kMaxK];  // fp32 for fp16/bf16/fp32 inputs, fp64 for fp64 inputs
 #pragma unroll
   for (int k = 0; k < kMaxK; ++k) {
     wk[k] = k < K ? static_cast<opmath_t>(w[k0 + k]) : opmath_t(0);
-    acc[k] = 0.f;
+    acc[k] = opmath_t(0);
   }
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
@@ -79,22 +80,22 @@ __global__ void backward_kernel(const scalar_t* __restrict__ g, Pointers<scalar_
     for (int k = 0; k < kMaxK; ++k) {
       if (k < K) {
         if (need_x) p.gx[k][i] = static_cast<scalar_t>(wk[k] * gi);
-        if (need_w) acc[k] += static_cast<float>(gi * static_cast<opmath_t>(p.x[k][i]));
+        if (need_w) acc[k] += gi * static_cast<opmath_t>(p.x[k][i]);
       }
     }
   }
   if (!need_w) return;
-  __shared__ float smem[kThreads / 32][kMaxK];
+  __shared__ opmath_t smem[kThreads / 32][kMaxK];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 #pragma unroll
   for (int k = 0; k < kMaxK; ++k) {
-    float v = acc[k];
+    opmath_t v = acc[k];
     for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
     if (lane == 0) smem[warp][k] = v;
   }
   __syncthreads();
   if (threadIdx.x < K) {
-    float s = 0.f;
+    opmath_t s = opmath_t(0);
     for (int j = 0; j < kThreads / 32; ++j) s += smem[j][threadIdx.x];
     partial[static_cast<int64_t>(blockIdx.x) * ldp + k0 + threadIdx.x] = s;
   }
@@ -144,8 +145,10 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> weighted_sum_backward_cuda(
   if (n == 0 || !(need_x || need_w)) return {gxs, at::zeros({K}, weights.options())};
   auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t blocks = grid_for(n, g.get_device());
-  // Per-block partial sums of the weight gradient, reduced below (only when it is wanted).
-  at::Tensor partial = need_w ? at::empty({blocks, K}, g.options().dtype(at::kFloat)) : at::Tensor();
+  // Per-block partial sums of the weight gradient in the accumulation type (fp64 for fp64 inputs, else
+  // fp32), reduced below (only when it is wanted).
+  const auto acc_type = g.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor partial = need_w ? at::empty({blocks, K}, g.options().dtype(acc_type)) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(),
                                   "weighted_sum_backward_cuda", [&] {
     auto launch = [&](auto* wp) {
@@ -158,7 +161,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> weighted_sum_backward_cuda(
         }
         backward_kernel<<<blocks, kThreads, 0, stream>>>(g.const_data_ptr<scalar_t>(), p, wp, k0, kn, n,
                                                          need_x, need_w,
-                                                         need_w ? partial.data_ptr<float>() : nullptr, K);
+                                                         need_w ? partial.data_ptr<at::opmath_type<scalar_t>>() : nullptr, K);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
     };
