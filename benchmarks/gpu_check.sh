@@ -27,6 +27,14 @@ status=0
   nvcc --version 2>/dev/null | tail -2; } > "$OUT/info.txt" 2>&1
 cat "$OUT/info.txt"
 
+# The system g++ builds the extension. Measured on the H200 image (2026-11-29): the build picked
+# /opt/gcc/bin/g++ there, and an extension built with that compiler segfaults whenever a C++ error is raised
+# (any TORCH_CHECK, on CPU and CUDA alike), while the same sources built with /usr/bin/g++ raise cleanly.
+# Set FASTNAS_KEEP_CXX=1 to build with $CXX anyway.
+if [ -z "${FASTNAS_KEEP_CXX:-}" ] && [ -x /usr/bin/g++ ]; then
+  echo "building with /usr/bin/g++ (CXX was '${CXX:-unset}', CC '${CC:-unset}'; see the comment above)"
+  export CC=/usr/bin/gcc CXX=/usr/bin/g++
+fi
 start=$(date +%s)
 if ! timeout 300 $PY setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
   echo "BUILD FAILED"; tail -40 "$OUT/build.log"; exit 1
@@ -80,9 +88,10 @@ grep -E "passed|failed|error" "$OUT/tests.log" | tail -4
 fi
 
 want ops && PYTHONPATH=$PWD timeout 120 $PY benchmarks/compare_ops.py --device cuda --out "$OUT" > "$OUT/bench.log" 2>&1 || status=1
-# Retraining throughput (target: >= 2,800 images/s for a 600-epoch CIFAR-10 run in 3 hours).
+# Retraining throughput (target: >= 2,800 images/s for a 600-epoch CIFAR-10 run in 3 hours). The compiled
+# configs are left to `benchmarks/train_speed.py` alone: their compile time does not fit this check.
 want train && PYTHONPATH=$PWD timeout 100 $PY benchmarks/train_speed.py --device cuda --batch 128 --steps 10 \
-  --configs fp32,channels_last,bf16,bf16+channels_last --out "$OUT" >> "$OUT/bench.log" 2>&1 || status=1
+  --configs fp32,channels_last,bf16 --out "$OUT" >> "$OUT/bench.log" 2>&1 || status=1
 # One search iteration per method preset (C=16, 8 cells, batch 32), side by side.
 want method && PYTHONPATH=$PWD timeout 150 $PY benchmarks/method_step.py --device cuda --iters 5 --out "$OUT" \
   >> "$OUT/bench.log" 2>&1 || status=1
