@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
 import sys
 import time
 
@@ -48,6 +49,40 @@ def report() -> dict:
         "devices_in_use": devices,
         "ops": table,
     }
+
+
+_ERROR_PROBE = """
+import sys, torch
+import fastnas.ops
+for dev in sys.argv[1:]:
+    try:
+        torch.ops.fastnas.weighted_sum(torch.ones(3, device=dev), [torch.ones(4, device=dev)] * 2)
+    except RuntimeError:
+        continue
+    sys.exit(3)
+"""
+
+
+def error_check(devices: list[str]) -> str:
+    """Whether the extension raises its C++ errors as Python exceptions, checked in a child process.
+
+    An extension built with a compiler whose C++ runtime differs from the one the process loads can
+    crash on the first error it raises instead (seen on a GPU image whose build picked a second GCC):
+    every bad argument then kills the run. Returns "ok", or a one-line description of the failure.
+    """
+    if not ops.extension_loaded():
+        return "ok"
+    try:
+        r = subprocess.run([sys.executable, "-c", _ERROR_PROBE, *devices], capture_output=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        return "the check timed out"
+    if r.returncode == 0:
+        return "ok"
+    if r.returncode == 3:
+        return "a bad argument was accepted"
+    how = f"signal {-r.returncode}" if r.returncode < 0 else f"exit {r.returncode}"
+    return (f"CRASHES on a bad argument ({how}): rebuild with the system compiler, e.g. "
+            "CC=/usr/bin/gcc CXX=/usr/bin/g++ pip install --no-build-isolation .")
 
 
 def _time(fn, repeat: int = 20) -> float:
@@ -90,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = parser.parse_args(argv)
     info = report()
+    info["cpp_errors"] = error_check(info["devices_in_use"])
     if args.demo:
         info["demo"] = [demo(d) for d in info["devices_in_use"]]
     if args.json:
@@ -101,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"platform {info['platform']}; CPU threads {info['cpu_threads']}; GPUs: {gpus}")
     status = "loaded" if info["extension_loaded"] else f"NOT loaded ({info['extension_error']})"
     print(f"extension fastnas._C: {status}; backend: {info['backend']}")
+    if info["extension_loaded"]:
+        errors = "raised as Python exceptions" if info["cpp_errors"] == "ok" else info["cpp_errors"]
+        print(f"C++ errors: {errors}")
     print(f"{'op':<16}{'cpu':<28}{'cuda':<28}")
     for op, row in info["ops"].items():
         print(f"{op:<16}{row['cpu']:<28}{row['cuda']:<28}")

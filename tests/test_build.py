@@ -85,3 +85,18 @@ def test_info_under_forced_reference_backend():
     assert "reference (forced by FASTNAS_BACKEND)" in out.stdout
     assert "8x16x16x16: reference" in out.stdout
     assert "max |fused - reference| = 0.00e+00" in out.stdout
+
+
+def test_info_checks_that_cpp_errors_raise(monkeypatch):
+    from fastnas import info, ops
+
+    if not ops.extension_loaded():
+        pytest.skip("fastnas._C is not built")
+
+    assert info.error_check(["cpu"]) == "ok"
+    # A build whose C++ errors kill the process (seen with a mismatched compiler) is named as such.
+    monkeypatch.setattr(info, "_ERROR_PROBE", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
+    msg = info.error_check(["cpu"])
+    assert msg.startswith("CRASHES on a bad argument (signal 11)") and "CXX=" in msg
+    monkeypatch.setattr(info, "_ERROR_PROBE", "import sys; sys.exit(3)")
+    assert info.error_check(["cpu"]) == "a bad argument was accepted"
