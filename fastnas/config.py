@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -39,25 +40,68 @@ class RunOptions:
     dataset: str = opt("embedded", "embedded (offline default), cifar10, cifar100 or folder", choices=list(DATASETS))
     data_dir: str = opt("data", "folder holding the dataset (CIFAR batches or train/ and test/ image folders)")
     download: bool = opt(False, "download CIFAR into --data-dir when missing (needs network)")
-    embedded_size: int = opt(2000, "training images of the embedded dataset")
-    image_size: int = opt(32, "image side for the folder dataset")
-    seed: int = opt(0, "random seed (data split, initialization, sampling)")
+    embedded_size: int = opt(2000, "training images of the embedded dataset", ge=4)
+    image_size: int = opt(32, "image side for the folder dataset", ge=8, le=4096)
+    seed: int = opt(0, "random seed (data split, initialization, sampling)", ge=0, le=2**63 - 1)
     deterministic: bool = opt(False, "deterministic algorithms: a resumed run ends like an uninterrupted one")
     amp: str = opt("off", "mixed precision", choices=["off", "bf16", "fp16"])
     channels_last: bool = opt(False, "channels_last memory format")
-    workers: int = opt(0, "CPU threads for intra-op parallelism (0: torch's default)")
+    workers: int = opt(0, "CPU threads for intra-op parallelism (0: torch's default)", ge=0, le=4096)
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     out: str | None = opt(None, "run directory (default runs/<search|train>-<time>)")
-    max_steps: int = opt(0, "cap on steps per epoch (0: a full pass over the training data)")
-    dist_timeout: float = opt(300.0, "seconds a collective may wait for the other processes (torchrun)")
+    max_steps: int = opt(0, "cap on steps per epoch (0: a full pass over the training data)", ge=0)
+    dist_timeout: float = opt(300.0, "seconds a collective may wait for the other processes (torchrun)", gt=0)
 
     def validate_run_options(self) -> None:
         if self.embedded_size < 4:
             raise ConfigError(f"embedded_size must be >= 4, got {self.embedded_size}")
         if self.max_steps < 0 or self.workers < 0:
             raise ConfigError("max_steps and workers must be >= 0")
-        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
-            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        check_device(self.device)
+
+
+INT64_MAX = 2**63 - 1
+_BOUNDS = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"),
+           "le": (lambda v, b: v <= b, "<="), "lt": (lambda v, b: v < b, "<")}
+
+
+def check_fields(cfg) -> None:
+    """The one validation layer every option passes, from the command line and from YAML alike: each
+    float is finite, each integer fits in 64 bits, and the bounds a field declares (``ge``, ``gt``,
+    ``le``, ``lt`` in its metadata) hold, for every element of a list option. A violation is a
+    ConfigError naming the option and the value."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if value is None:
+            continue
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"option {f.name!r} must be a finite number, got {v}")
+            if isinstance(v, int) and abs(v) > INT64_MAX:
+                raise ConfigError(f"option {f.name!r}: {v} is out of range (at most {INT64_MAX})")
+            for key, (ok, sign) in _BOUNDS.items():
+                if key in f.metadata and not ok(v, f.metadata[key]):
+                    raise ConfigError(f"option {f.name!r} must be {sign} {f.metadata[key]}, got {v}")
+
+
+def check_device(name: str) -> None:
+    """auto, cpu, cuda or cuda:N, and a CUDA device that exists on this machine."""
+    import re
+
+    import torch
+
+    m = re.fullmatch(r"auto|cpu|cuda(?::(\d+))?", name)
+    if not m:
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device {name!r}: no CUDA device is visible on this machine")
+        if m.group(1) is not None and int(m.group(1)) >= count:
+            raise ConfigError(f"device {name!r}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
 
 
 def _field_type(cls, f):
@@ -148,18 +192,34 @@ def make_parser(prog: str, description: str, cls) -> OneLineErrorParser:
                         help="YAML file of options (any option below, by its name)")
     parser.add_argument("--resume", default=argparse.SUPPRESS, metavar="DIR",
                         help="continue the killed run in DIR (its saved config is used)")
+    parser.add_argument("--overwrite", action="store_true", default=argparse.SUPPRESS,
+                        help="--out names a directory holding another run: move that run aside to "
+                             "<out>.old-<time> (never mixed, never deleted) and start afresh there")
     add_arguments(parser, cls)
     return parser
 
 
 def config_for_resume(cls, saved: dict, cli: dict, keys: tuple[str, ...]):
-    """The saved config of a run being resumed; of the command line only `keys` (where and how wide it
-    runs) may change it, since what it computes may not."""
+    """The saved config of a run being resumed. Of the command line only `keys` (where and how wide it
+    runs) may change it, since what it computes may not: any other option is a one-line error rather
+    than silently ignored. The options applied are listed in ``cfg._resume_changes`` for the log."""
+    refused = sorted(k for k in cli if k not in keys and k != "overwrite")
+    if refused:
+        names = ", ".join("--" + k.replace("_", "-") for k in refused)
+        allowed = ", ".join("--" + k.replace("_", "-") for k in keys)
+        raise ConfigError(f"--resume continues a run with its saved options: {names} cannot change "
+                          f"(only {allowed} can); start a new run to change them")
+    if cli.get("overwrite"):
+        raise ConfigError("--overwrite and --resume exclude each other")
     cfg = from_dict(cls, saved)
+    changes = []
     for key in keys:
-        if key in cli:
-            setattr(cfg, key, cli[key])
+        if key in cli and cli[key] != getattr(cfg, key, None):
+            changes.append(f"{key} {getattr(cfg, key, None)} -> {cli[key]}")
+            setattr(cfg, key, _coerce(cls, key, cli[key]))
+    check_fields(cfg)
     cfg.validate()
+    cfg._resume_changes = changes
     return cfg
 
 
@@ -190,6 +250,7 @@ def build_config(cls, presets: dict[str, dict], cli: dict, default_preset: str):
     values.pop("config", None)
     kwargs = {k: _coerce(cls, k, v) for k, v in values.items()}
     cfg = cls(**kwargs)
+    check_fields(cfg)
     cfg.validate()
     return cfg
 
@@ -198,8 +259,11 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def save_yaml(cfg, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+def save_yaml(cfg, path: str | Path, exclude: tuple[str, ...] = ("out",)) -> None:
+    """The resolved config, without `out`: a run's config.yaml given to --config starts a new run in
+    a new directory, never writes into the old one."""
+    d = {k: v for k, v in to_dict(cfg).items() if k not in exclude}
+    Path(path).write_text(yaml.safe_dump(d, sort_keys=False))
 
 
 def from_dict(cls, d: dict):

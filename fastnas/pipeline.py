@@ -8,6 +8,7 @@ retraining time and the final test error. ``--resume DIR`` continues whichever p
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -41,7 +42,68 @@ def parse_args(argv=None):
                    help="how the search brings its cell within the budget (default: exchange)")
     p.add_argument("--out", default=None, help="run directory (default runs/pipeline-<time>)")
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the pipeline run in DIR")
+    p.add_argument("--overwrite", action="store_true",
+                   help="--out holds another run: move it aside to <out>.old-<time> and start afresh")
     return p.parse_args(argv)
+
+
+# The options that decide what a pipeline computes: saved in pipeline.json, compared on --resume.
+FINGERPRINT = ("preset", "dataset", "data_dir", "seed", "search_config", "train_config", "target_params",
+               "target_flops", "target_latency_ms", "budget_fit")
+
+
+def fingerprint(args) -> dict:
+    """The resolved options of a pipeline, with the content hash of each config file (an edited file
+    changes the fingerprint as a changed option does)."""
+    fp = {k: getattr(args, k) for k in FINGERPRINT}
+    for key in ("search_config", "train_config"):
+        if fp[key]:
+            path = Path(fp[key])
+            if not path.is_file():
+                raise cfglib.ConfigError(f"--{key.replace('_', '-')}: config file not found: {path}")
+            fp[key + "_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return fp
+
+
+def _resume_args(args) -> argparse.Namespace:
+    """The saved options of the pipeline in args.resume; an option given now that differs is refused."""
+    path = Path(args.resume) / "pipeline.json"
+    if not path.is_file():
+        raise RunError(f"{args.resume} is not a pipeline run directory (no pipeline.json)")
+    try:
+        saved = json.loads(path.read_text())["options"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise RunError(f"{path} is unreadable: {exc}") from None
+    given = {k: getattr(args, k) for k in FINGERPRINT if getattr(args, k) != _DEFAULTS[k]}
+    differ = sorted(k for k, v in given.items() if saved.get(k) != v)
+    if differ:
+        names = ", ".join(f"--{k.replace('_', '-')} ({saved.get(k)!r} saved, {given[k]!r} given)" for k in differ)
+        raise cfglib.ConfigError(f"--resume continues a pipeline with its saved options; these differ: {names}")
+    merged = argparse.Namespace(**{**vars(args), **{k: saved.get(k) for k in FINGERPRINT}})
+    now = fingerprint(merged)
+    for key in ("search_config", "train_config"):
+        if saved.get(key) and now.get(key + "_sha256") != saved.get(key + "_sha256"):
+            raise cfglib.ConfigError(f"--resume: {saved[key]} changed since the pipeline started; restore it "
+                                     "or start a new pipeline")
+    return merged
+
+
+_DEFAULTS = {**{k: None for k in FINGERPRINT}, "preset": "smoke"}  # what the parser gives when not typed
+
+
+def _check_train_config(args, train_preset: str) -> None:
+    """Build the retraining config now (with a placeholder genotype): a bad train config or option fails
+    before the search spends its time, not after."""
+    cli = {"preset": train_preset, "genotype": "DARTS_V2"}
+    if args.train_config:
+        cli["config"] = args.train_config
+    for name in ("dataset", "data_dir", "seed", "device"):
+        if getattr(args, name) is not None:
+            cli[name] = getattr(args, name)
+    try:
+        cfglib.build_config(train.TrainConfig, train.PRESETS, cli, "darts")
+    except cfglib.ConfigError as exc:
+        raise cfglib.ConfigError(f"retraining config: {exc}") from None
 
 
 def _main(args) -> int:
@@ -50,10 +112,19 @@ def _main(args) -> int:
 
 
 def _pipeline(args, ctx) -> int:
-    out = Path(distributed.broadcast_object(str(args.resume or args.out or default_run_dir("pipeline"))))
-    run = RunDir(out, enabled=ctx.is_main)
-    search_dir, train_dir = out / "search", out / "train"
+    if args.resume:
+        if args.overwrite:
+            raise cfglib.ConfigError("--overwrite and --resume exclude each other")
+        args = _resume_args(args)
     search_preset, train_preset = PRESETS[args.preset]
+    _check_train_config(args, train_preset)
+    out = Path(distributed.broadcast_object(str(args.resume or args.out or default_run_dir("pipeline"))))
+    run = RunDir(out, enabled=ctx.is_main, resume=bool(args.resume), overwrite=args.overwrite)
+    if run.moved_aside:
+        run.log(f"--overwrite: the run that was in {out} is now in {run.moved_aside}")
+    if not args.resume:
+        run.write_json("pipeline.json", {"options": fingerprint(args)})
+    search_dir, train_dir = out / "search", out / "train"
     common = []
     for name in ("dataset", "data_dir", "seed", "device"):
         if getattr(args, name) is not None:
@@ -66,6 +137,7 @@ def _pipeline(args, ctx) -> int:
             return 2
     else:
         extra = ["--config", args.search_config] if args.search_config else []
+        extra += ["--overwrite"] if search_dir.exists() else []  # cut before its first checkpoint
         if search.main(["--preset", search_preset, *extra, *common, *_budget_options(args, train_preset),
                         "--out", str(search_dir)]) != 0:
             return 2
@@ -78,6 +150,7 @@ def _pipeline(args, ctx) -> int:
     else:
         extra = ["--config", args.train_config] if args.train_config else []
         extra += _fitted_channels(search_dir)
+        extra += ["--overwrite"] if train_dir.exists() else []  # cut before its first checkpoint
         if train.main(["--genotype", str(search_dir), "--preset", train_preset, *extra, *common,
                        "--out", str(train_dir)]) != 0:
             return 2

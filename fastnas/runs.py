@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import random
+import socket
 import sys
 import time
 from pathlib import Path
@@ -22,16 +23,116 @@ class RunError(ValueError):
 
 
 def default_run_dir(kind: str) -> Path:
-    return Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """runs/<kind>-<time>-<pid>: two runs started in the same second by two processes get two names, and
+    a name already taken (the same process, the same second) gets a numeric suffix."""
+    base = Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+# Files whose presence makes a directory a run's (search, train, pipeline or study).
+RUN_MARKERS = ("config.yaml", "run.log", "metrics.jsonl", "checkpoint.pt", "last.pt", "summary.json",
+               "report.json", "study_config.yaml", "pipeline.json", "genotype.json")
+LOCK_NAME = ".lock"
+_HELD: set[str] = set()  # run directories this process holds the lock of
+_OPEN: list[RunDir] = []  # run directories open in this process, innermost last
+
+
+def holds_run(path: Path) -> str | None:
+    """The first run file found in `path`, or None when it holds no run."""
+    return next((m for m in RUN_MARKERS if (path / m).exists()), None)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _acquire_lock(path: Path) -> Path:
+    """Create path/.lock holding our pid and host (O_EXCL: of two processes one wins). A lock whose
+    process is gone (killed runs leave one) is taken over; a live one is a one-line error."""
+    lock = path / LOCK_NAME
+    me = f"{os.getpid()} {socket.gethostname()}\n"
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid_s, _, host = lock.read_text().strip().partition(" ")
+                pid = int(pid_s)
+            except (OSError, ValueError):
+                pid, host = -1, ""
+            same_host = host in ("", socket.gethostname())
+            ours_stale = pid == os.getpid() and str(path.resolve()) not in _HELD
+            if pid > 0 and same_host and _pid_alive(pid) and not ours_stale:
+                raise RunError(f"run directory {path} is in use by another run (pid {pid}): wait for it to "
+                               "finish or choose another --out") from None
+            if pid > 0 and not same_host:
+                raise RunError(f"run directory {path} is locked by pid {pid} on host {host}: if that run is "
+                               f"gone, delete {lock}") from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        _HELD.add(str(path.resolve()))
+        return lock
+    raise RunError(f"could not lock run directory {path}")
+
+
+def claim_run_dir(path: Path, *, resume: bool = False, overwrite: bool = False) -> Path | None:
+    """Make `path` this run's directory. A directory holding another run is refused unless the run is
+    resumed, or `overwrite` moves the old run aside (to <path>.old-<time>; nothing is deleted or mixed).
+    Returns where the old run went, if it was moved."""
+    moved = None
+    if path.is_dir() and not resume:
+        found = holds_run(path)
+        if found and not overwrite:
+            raise RunError(f"{path} already holds a run ({found}): continue it with --resume {path}, move it "
+                           "aside with --overwrite, or choose another --out")
+        if found:
+            if (path / LOCK_NAME).exists():  # never move a live run aside
+                _acquire_lock(path)
+                _release_lock(path)
+            moved = path.with_name(f"{path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+            n = 1
+            while moved.exists():
+                n += 1
+                moved = moved.with_name(f"{path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+            os.replace(path, moved)
+    elif resume and not path.is_dir():
+        raise RunError(f"nothing to resume: {path} is not a directory")
+    return moved
+
+
+def _release_lock(path: Path) -> None:
+    key = str(path.resolve())
+    if key in _HELD:
+        _HELD.discard(key)
+        (path / LOCK_NAME).unlink(missing_ok=True)
 
 
 class RunDir:
-    """The output folder of one search/train run."""
+    """The output folder of one search/train run.
 
-    def __init__(self, path: str | Path, *, enabled: bool = True):
+    The directory is owned for the run's lifetime: a directory holding another run is refused unless
+    `resume` (or `overwrite`, which moves the old run aside), and a lock file (pid, host) stops a second
+    process from writing into it; :meth:`close` releases it (a killed run's lock is taken over later).
+    """
+
+    def __init__(self, path: str | Path, *, enabled: bool = True, resume: bool = False, overwrite: bool = False):
         self.path = Path(path)
         self.enabled = enabled  # only rank 0 writes in distributed runs
+        self.moved_aside = None
         if enabled:
+            self.moved_aside = claim_run_dir(self.path, resume=resume, overwrite=overwrite)
             try:
                 self.path.mkdir(parents=True, exist_ok=True)
                 probe = self.path / ".write-test"
@@ -39,6 +140,8 @@ class RunDir:
                 probe.unlink()
             except OSError as exc:
                 raise RunError(f"output directory {self.path} is not writable: {exc.strerror or exc}") from None
+            _acquire_lock(self.path)
+            _OPEN.append(self)
         self.metrics_path = self.path / "metrics.jsonl"
         self.logger = logging.getLogger(f"fastnas.run.{id(self)}")
         self.logger.setLevel(logging.INFO)
@@ -139,9 +242,14 @@ class RunDir:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+            self._tb = None
         for h in list(self.logger.handlers):
             h.close()
             self.logger.removeHandler(h)
+        if self.enabled:
+            _release_lock(self.path)
+        if self in _OPEN:
+            _OPEN.remove(self)
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
@@ -242,28 +350,65 @@ def cli_main(parse_args, body, argv=None) -> int:
 
 def guarded(body, *args) -> int:
     """Run a CLI body: bad input (config, data, genotype, run dir, checkpoint) becomes one `error:`
-    line on stderr and exit code 2, never a traceback."""
+    line on stderr and exit code 2, never a traceback; Ctrl-C exits 130 naming the run directory to
+    resume. Either way the line also goes into the run's run.log, and the run's lock is released."""
     from fastnas.config import ConfigError
     from fastnas.data import DataError
     from fastnas.genotype import GenotypeError
 
+    opened = len(_OPEN)
     try:
         return body(*args)
     except (ConfigError, DataError, RunError, GenotypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _fail(f"error: {exc}", opened)
+        return 2
+    except OSError as exc:  # disk full, permission denied, ...: name the path, no traceback
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        _fail(f"error: {exc.strerror or exc}{where}", opened)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: continue with --resume <run dir>", file=sys.stderr)
+        _fail(_interrupt_message(_OPEN[opened:]), opened)
         return 130
     except RuntimeError as exc:
         if not _peer_failure(exc):
+            _close_open(opened, "error: " + (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300])
             raise
         # A peer died or a collective timed out: stop with one line instead of hanging.
         rank = os.environ.get("RANK", "?")
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        print(f"error: distributed run failed on rank {rank} (a peer process died or timed out): {first}",
-              file=sys.stderr)
+        _fail(f"error: distributed run failed on rank {rank} (a peer process died or timed out): {first}", opened)
         return 1
+    finally:
+        _close_open(opened, None)
+
+
+def _interrupt_message(runs: list[RunDir]) -> str:
+    """Where to resume from, or that there is nothing to resume yet."""
+    run = runs[0] if runs else None  # the outermost run this command opened
+    if run is None:
+        return "interrupted"
+    if any((run.path / n).is_file() for n in ("checkpoint.pt", "last.pt", "pipeline.json", "study_config.yaml")):
+        return f"interrupted: continue with --resume {run.path}"
+    return f"interrupted before the first checkpoint of {run.path}: nothing to resume yet, start again"
+
+
+def _fail(line: str, opened: int) -> None:
+    print(line, file=sys.stderr, flush=True)
+    _close_open(opened, line)
+
+
+def _close_open(opened: int, line: str | None) -> None:
+    """Log `line` into the run.log of every run this command opened, then close them (innermost first)."""
+    for run in reversed(_OPEN[opened:]):
+        if line and run.enabled:
+            try:
+                run.logger.info(line)
+            except Exception:  # logging must not mask the failure being reported
+                pass
+        try:
+            run.close()
+        except Exception:
+            pass
 
 
 _PEER_MARKERS = ("gloo", "nccl", "connection", "timed out", "timeout", "peer", "socket", "broken pipe")

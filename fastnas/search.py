@@ -60,76 +60,77 @@ class SearchConfig(RunOptions):
                       "minutes on a CPU) or smoke (seconds, CI)",
                       choices=["progressive", "pdarts", "patent", "darts", "darts2", "pcdarts", "gdas", "drnas",
                                "quick", "smoke"])
-    train_portion: float = opt(0.5, "share of the training set for weight steps; the rest trains the architecture")
+    train_portion: float = opt(0.5, "share of the training set for weight steps; the rest trains the architecture",
+                               gt=0, lt=1)
     # stages
-    cells: list[int] = opt([5, 11, 17], "cells (layers) of the supernet, per stage")
-    channels: list[int] = opt([16, 16, 16], "initial channels of the supernet, per stage")
-    ops_kept: list[int] = opt([8, 5, 3], "candidate ops per edge, per stage (the first = all primitives)")
-    skip_dropout: list[float] = opt([0.0, 0.4, 0.7], "dropout on skip connections, per stage")
-    epochs: list[int] = opt([25, 25, 25], "epochs per stage")
-    warmup_epochs: list[int] = opt([10, 10, 10], "epochs per stage that train weights only")
+    cells: list[int] = opt([5, 11, 17], "cells (layers) of the supernet, per stage", ge=1)
+    channels: list[int] = opt([16, 16, 16], "initial channels of the supernet, per stage", ge=1)
+    ops_kept: list[int] = opt([8, 5, 3], "candidate ops per edge, per stage (the first = all primitives)", ge=1)
+    skip_dropout: list[float] = opt([0.0, 0.4, 0.7], "dropout on skip connections, per stage", ge=0, lt=1)
+    epochs: list[int] = opt([25, 25, 25], "epochs per stage", ge=1)
+    warmup_epochs: list[int] = opt([10, 10, 10], "epochs per stage that train weights only", ge=0)
     primitives: list[str] = opt(list(PRIMITIVES), "candidate ops of the first stage")
     # sampler
     sampler: str = opt("gumbel-hard", "gumbel-hard, gumbel-soft, softmax or dirichlet", choices=list(SAMPLERS))
     tau_start: float | None = opt(None, "temperature at the first search epoch of a stage (default: 10 for the "
-                                        "Gumbel samplers; softmax uses 1 unless given; dirichlet takes none)")
+                                        "Gumbel samplers; softmax uses 1 unless given; dirichlet takes none)", gt=0)
     tau_end: float | None = opt(None, "temperature at the last epoch of a stage (default: 0.1 for the Gumbel "
-                                      "samplers; softmax: tau_start)")
+                                      "samplers; softmax: tau_start)", gt=0)
     tau_schedule: str = opt("linear", "temperature schedule over the search epochs of a stage (the warm-up "
                             "stays at tau_start)", choices=["linear", "exponential", "constant"])
     arch_resample: bool = opt(True, "draw a fresh architecture for the architecture step (GDAS: a sample per "
                                     "forward pass); off: score the path the weight step just trained")
-    max_skip: int = opt(2, "most skip connections in the derived normal cell (-1: no cap)")
+    max_skip: int = opt(2, "most skip connections in the derived normal cell (-1: no cap)", ge=-1)
     # method mechanisms (DARTS, PC-DARTS, DrNAS)
     arch_order: int = opt(1, "architecture gradient: 1 first order, 2 DARTS' second order (one-step unrolled "
                              "weights, finite-difference Hessian-vector product)", choices=[1, 2])
     partial_channels: list[int] = opt([1], "PC-DARTS: 1/K of the channels go through the candidate ops, the rest "
-                                           "bypass them; one K for every stage or one per stage (1: off)")
+                                           "bypass them; one K for every stage or one per stage (1: off)", ge=1)
     edge_norm: bool = opt(False, "PC-DARTS edge normalization: a softmax weight per incoming edge, also "
                                  "multiplied into the derivation's edge scores")
     fixed_reduction: str | None = opt(None, "a hand-designed reduction cell instead of a searched one: gdas_frc "
                                             "(GDAS' FRC, the setting of its best CIFAR-10 result)")
     dirichlet_anchor: float = opt(0.0, "DrNAS: weight of the KL of the Dirichlet to its Dirichlet(1) prior in "
-                                       "the architecture loss (dirichlet sampler only; 0: off)")
+                                       "the architecture loss (dirichlet sampler only; 0: off)", ge=0)
     # weight optimizer
-    batch_size: int = opt(96, "batch size of both the weight and the architecture step")
-    lr: float = opt(0.025, "SGD learning rate (cosine-annealed per stage)")
-    lr_min: float = opt(0.0, "final learning rate of the cosine schedule")
-    momentum: float = opt(0.9, "SGD momentum")
-    weight_decay: float = opt(3e-4, "SGD weight decay")
-    grad_clip: float = opt(5.0, "gradient-norm clip of the weight step (0: off)")
+    batch_size: int = opt(96, "batch size of both the weight and the architecture step", ge=1)
+    lr: float = opt(0.025, "SGD learning rate (cosine-annealed per stage)", gt=0)
+    lr_min: float = opt(0.0, "final learning rate of the cosine schedule", ge=0)
+    momentum: float = opt(0.9, "SGD momentum", ge=0, lt=1)
+    weight_decay: float = opt(3e-4, "SGD weight decay", ge=0)
+    grad_clip: float = opt(5.0, "gradient-norm clip of the weight step (0: off)", ge=0)
     # architecture optimizer
-    arch_lr: float = opt(3e-4, "Adam learning rate of the architecture parameters (GDAS 3e-4; P-DARTS 6e-4)")
+    arch_lr: float = opt(3e-4, "Adam learning rate of the architecture parameters (GDAS 3e-4; P-DARTS 6e-4)", gt=0)
     arch_travel: float = opt(0.0, "if > 0, set each stage's arch lr to arch_travel / (its architecture steps): "
                                   "Adam moves each alpha by about lr per step, so this fixes how far the "
-                                  "architecture can move in a stage whatever the budget (0: use arch_lr)")
-    arch_grad_clip: float = opt(5.0, "gradient-norm clip of the architecture step (P-DARTS: 5; 0: off)")
-    arch_betas: list[float] = opt([0.5, 0.999], "Adam betas of the architecture parameters")
-    arch_weight_decay: float = opt(1e-3, "Adam weight decay of the architecture parameters")
+                                  "architecture can move in a stage whatever the budget (0: use arch_lr)", ge=0)
+    arch_grad_clip: float = opt(5.0, "gradient-norm clip of the architecture step (P-DARTS: 5; 0: off)", ge=0)
+    arch_betas: list[float] = opt([0.5, 0.999], "Adam betas of the architecture parameters", ge=0, lt=1)
+    arch_weight_decay: float = opt(1e-3, "Adam weight decay of the architecture parameters", ge=0)
     derived_eval_images: int = opt(10000, "held-out images scoring the derived cell inside the supernet at the end "
-                                          "of each stage (0: skip)")
+                                          "of each stage (0: skip)", ge=0)
     plots: bool = opt(True, "write PNG plots (cells, op probabilities, curves) into the run directory")
     # budget: a cost of the evaluation network in the architecture loss (one target at a time)
     target_params: str | None = opt(None, "parameter budget of the evaluation network, e.g. 2.5M")
     target_flops: str | None = opt(None, "FLOPs budget (multiply-adds per image) of the evaluation network, e.g. 600M")
     target_latency_ms: float | None = opt(None, "latency budget (ms per batch) of the evaluation network on "
-                                                "--latency-device")
+                                                "--latency-device", gt=0)
     cost_penalty: str = opt("absolute", "form of the cost term: linear (ProxylessNAS), absolute (TuNAS) or log "
                             "(FBNet)", choices=list(CostPenalty.FORMS))
-    cost_strength: float = opt(1.0, "weight of the cost term (the cost is taken relative to the target)")
+    cost_strength: float = opt(1.0, "weight of the cost term (the cost is taken relative to the target)", ge=0)
     budget_fit: str = opt("exchange", "when the derived network is over the target: exchange ops for cheaper "
                           "ones (least probability lost per unit of cost), shrink the evaluation channels, "
                           "or only report", choices=["exchange", "channels", "report"])
-    eval_channels: int = opt(36, "initial channels of the evaluation network the costs refer to")
-    eval_layers: int = opt(20, "cells of the evaluation network the costs refer to")
+    eval_channels: int = opt(36, "initial channels of the evaluation network the costs refer to", ge=1)
+    eval_layers: int = opt(20, "cells of the evaluation network the costs refer to", ge=3)
     latency_device: str = opt("cpu", "where latency is measured: cpu or cuda[:N]")
-    latency_batch: int = opt(1, "batch size of the latency measurements")
+    latency_batch: int = opt(1, "batch size of the latency measurements", ge=1)
     latency_dtype: str = opt("float32", "dtype of the latency measurements",
                              choices=["float32", "float16", "bfloat16"])
     latency_cache: str | None = opt(None, "latency lookup-table file (default ~/.cache/fastnas/latency.json)")
     # runtime
     accumulate: int = opt(1, "shards per process, gradients averaged over them: 1 process with --accumulate N "
-                             "computes what N processes compute")
+                             "computes what N processes compute", ge=1)
 
     @property
     def num_stages(self) -> int:
@@ -742,6 +743,7 @@ def main(argv=None) -> int:
 
 def _main(args: dict) -> int:
     resume = args.pop("resume", None)
+    overwrite = bool(args.get("overwrite")) if resume else bool(args.pop("overwrite", False))
     if resume:
         run_path = Path(resume)
         state = load_checkpoint(run_path / "checkpoint.pt")
@@ -758,7 +760,7 @@ def _main(args: dict) -> int:
     ctx, device_name = distributed.init(cfg.device, cfg.dist_timeout)
     run_path = Path(distributed.broadcast_object(str(run_path)))  # one run directory for all ranks
     try:
-        code = _run(cfg, run_path, state, ctx, resolve_device(device_name))
+        code = _run(cfg, run_path, state, ctx, resolve_device(device_name), overwrite)
         # Leave together: a process tearing its group down while rank 0 still writes can abort gloo.
         distributed.barrier()
         return code
@@ -766,9 +768,12 @@ def _main(args: dict) -> int:
         distributed.shutdown(ctx)
 
 
-def _run(cfg: SearchConfig, run_path: Path, state: dict | None, ctx, device) -> int:
+def _run(cfg: SearchConfig, run_path: Path, state: dict | None, ctx, device, overwrite: bool = False) -> int:
     seed_everything(cfg.seed, cfg.deterministic)
-    run = RunDir(run_path, enabled=ctx.is_main)  # only rank 0 writes
+    # Only rank 0 writes; it owns the directory (a lock) for the run's lifetime.
+    run = RunDir(run_path, enabled=ctx.is_main, resume=state is not None, overwrite=overwrite)
+    if run.moved_aside:
+        run.log(f"--overwrite: the run that was in {run_path} is now in {run.moved_aside}")
     cfg.out = str(run_path)
     if run.enabled:
         cfglib.save_yaml(cfg, run.path / "config.yaml")
@@ -778,7 +783,8 @@ def _run(cfg: SearchConfig, run_path: Path, state: dict | None, ctx, device) -> 
         done = (searcher.stage, searcher.epoch)
         run.truncate_metrics(lambda r: (r["stage"] - 1, r["epoch"]) <= done)
         run.log(f"resumed {run_path} at stage {searcher.stage + 1}, epoch {searcher.epoch}"
-                + (f" on {ctx.world_size} processes" if ctx.enabled else ""))
+                + (f" on {ctx.world_size} processes" if ctx.enabled else "")
+                + (f"; changed: {', '.join(cfg._resume_changes)}" if getattr(cfg, "_resume_changes", None) else ""))
     else:
         run.log(f"search: preset {cfg.preset}, sampler {cfg.sampler}, dataset {cfg.dataset}, device {device}, "
                 f"run dir {run_path}" + (f", {ctx.world_size} processes ({ctx.backend})" if ctx.enabled else ""))

@@ -93,7 +93,7 @@ def _load_options(args) -> dict:
         if not path.is_file():
             raise RunError(f"{args.resume} is not a study directory (no study_config.yaml)")
         saved = yaml.safe_load(path.read_text())
-        return {**saved, "device": args.device, "workers": args.workers, "out": args.resume}
+        return {**saved, "device": args.device, "workers": args.workers, "out": args.resume, "resume": True}
     opts = {k: getattr(args, k) for k in _SAVED}
     opts.update(device=args.device, workers=args.workers, out=args.out)
     if not opts["samplers"]:
@@ -195,6 +195,7 @@ def _run_search(opts, sampler: str, seed: int, run_dir: Path, log) -> dict:
     else:
         log(f"search {sampler} seed {seed} -> {run_dir}")
         extra = ["--config", opts["search_config"]] if opts["search_config"] else []
+        extra += ["--overwrite"] if run_dir.exists() else []  # cut before its first checkpoint
         argv = ["--preset", opts["search_preset"], *extra, "--sampler", sampler, "--seed", str(seed),
                 *_common(opts), "--out", str(run_dir)]
         if search.main(argv) != 0:
@@ -209,6 +210,7 @@ def _run_train(opts, genotype: str, seed: int, run_dir: Path, log) -> dict:
         code = train.main(["--resume", str(run_dir)] + _only(opts, ("device", "workers")))
     else:
         extra = ["--config", opts["train_config"]] if opts["train_config"] else []
+        extra += ["--overwrite"] if run_dir.exists() else []  # cut before its first checkpoint
         code = train.main(["--genotype", genotype, "--preset", opts["train_preset"], *extra, "--seed", str(seed),
                            "--no-export", *_common(opts), "--out", str(run_dir)])
     if code != 0:
@@ -228,7 +230,7 @@ def _only(opts, names) -> list[str]:
 
 def _study(opts, ctx) -> int:
     out = Path(distributed.broadcast_object(str(opts["out"] or default_run_dir("study"))))
-    run = RunDir(out, enabled=ctx.is_main)
+    run = RunDir(out, enabled=ctx.is_main, resume=bool(opts.get("resume")))
     log = run.log
     if ctx.is_main and not (out / "study_config.yaml").is_file():
         (out / "study_config.yaml").write_text(yaml.safe_dump({k: opts[k] for k in _SAVED}, sort_keys=False))

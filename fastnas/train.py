@@ -48,19 +48,19 @@ class TrainConfig(RunOptions):
     genotype: str | None = opt(None, "published name, genotype.json, search run dir or DARTS Genotype(...) string")
     preset: str = opt("darts", "darts (the published recipe), quick (the study's CPU budget) or smoke (seconds)",
                       choices=["darts", "quick", "smoke"])
-    channels: int = opt(36, "initial channels C")
-    layers: int = opt(20, "cells")
+    channels: int = opt(36, "initial channels C", ge=1)
+    layers: int = opt(20, "cells", ge=1)
     auxiliary: bool = opt(True, "auxiliary head after 2/3 of the depth")
-    auxiliary_weight: float = opt(0.4, "weight of the auxiliary loss")
-    drop_path: float = opt(0.3, "final drop-path rate (ramped linearly from 0 over training)")
-    cutout: int = opt(16, "cutout square side (0: off)")
-    epochs: int = opt(600, "training epochs")
-    batch_size: int = opt(96, "batch size")
-    lr: float = opt(0.025, "SGD learning rate (cosine-annealed)")
-    lr_min: float = opt(0.0, "final learning rate")
-    momentum: float = opt(0.9, "SGD momentum")
-    weight_decay: float = opt(3e-4, "SGD weight decay")
-    grad_clip: float = opt(5.0, "gradient-norm clip (0: off)")
+    auxiliary_weight: float = opt(0.4, "weight of the auxiliary loss", ge=0)
+    drop_path: float = opt(0.3, "final drop-path rate (ramped linearly from 0 over training)", ge=0, lt=1)
+    cutout: int = opt(16, "cutout square side (0: off)", ge=0)
+    epochs: int = opt(600, "training epochs", ge=1)
+    batch_size: int = opt(96, "batch size", ge=1)
+    lr: float = opt(0.025, "SGD learning rate (cosine-annealed)", gt=0)
+    lr_min: float = opt(0.0, "final learning rate", ge=0)
+    momentum: float = opt(0.9, "SGD momentum", ge=0, lt=1)
+    weight_decay: float = opt(3e-4, "SGD weight decay", ge=0)
+    grad_clip: float = opt(5.0, "gradient-norm clip (0: off)", ge=0)
     compile: bool = opt(False, "torch.compile the network")
     pin_memory: bool = opt(True, "pinned host memory for batches copied to a GPU")
     export: bool = opt(True, "export the final model (safetensors or state dict, and torch.export)")
@@ -69,7 +69,7 @@ class TrainConfig(RunOptions):
     report_cost: bool = opt(False, "print the genotype's cost report (parameters, FLOPs; latency with "
                                    "--latency-device) for this network and exit without training")
     latency_device: str | None = opt(None, "with --report-cost: also measure latency on cpu or cuda[:N]")
-    latency_batch: int = opt(1, "with --report-cost: batch size of the latency measurement")
+    latency_batch: int = opt(1, "with --report-cost: batch size of the latency measurement", ge=1)
 
     def validate(self) -> None:
         if not self.genotype:
@@ -83,6 +83,12 @@ class TrainConfig(RunOptions):
             raise ConfigError(f"cutout must be >= 0, got {self.cutout}")
         if self.latency_batch < 1:
             raise ConfigError(f"latency_batch must be >= 1, got {self.latency_batch}")
+        if self.auxiliary and self.layers < 2:
+            raise ConfigError(f"layers={self.layers} leaves no cell for the auxiliary head (after 2/3 of the "
+                              "depth): use --layers >= 2 or --no-auxiliary")
+        side = self.image_size if self.dataset == "folder" else 32
+        if self.cutout > side:
+            raise ConfigError(f"cutout={self.cutout} is larger than the {side}x{side} images")
         if self.latency_device is not None and not (self.latency_device == "cpu"
                                                     or self.latency_device.startswith("cuda")):
             raise ConfigError(f"latency_device must be cpu or cuda[:N], got {self.latency_device!r}")
@@ -341,16 +347,17 @@ def prepare(args: dict) -> tuple[TrainConfig, Path, dict | None]:
     return cfg, Path(cfg.out) if cfg.out else default_run_dir("train"), None
 
 
-def train(cfg: TrainConfig, run_path: Path, state: dict | None = None) -> dict:
+def train(cfg: TrainConfig, run_path: Path, state: dict | None = None, overwrite: bool = False) -> dict:
     """Run (or resume) a retraining and write its report; returns the report. Under torchrun every
-    process runs this; only rank 0 writes."""
+    process runs this; only rank 0 writes. `overwrite`: `run_path` may hold another run, which is moved
+    aside (see :class:`fastnas.runs.RunDir`)."""
     genotype = resolve_genotype(cfg.genotype) if state is None else Genotype.from_dict(state["genotype"])
     if cfg.workers:
         torch.set_num_threads(cfg.workers)
     ctx, device_name = distributed.init(cfg.device, cfg.dist_timeout)
     run_path = Path(distributed.broadcast_object(str(run_path)))  # one run directory for all ranks
     try:
-        result = _train(cfg, run_path, state, genotype, ctx, resolve_device(device_name))
+        result = _train(cfg, run_path, state, genotype, ctx, resolve_device(device_name), overwrite)
         # Leave together: a process tearing its group down while rank 0 still writes can abort gloo.
         distributed.barrier()
         return result
@@ -358,9 +365,12 @@ def train(cfg: TrainConfig, run_path: Path, state: dict | None = None) -> dict:
         distributed.shutdown(ctx)
 
 
-def _train(cfg: TrainConfig, run_path: Path, state: dict | None, genotype: Genotype, ctx, device) -> dict:
+def _train(cfg: TrainConfig, run_path: Path, state: dict | None, genotype: Genotype, ctx, device,
+           overwrite: bool = False) -> dict:
     seed_everything(cfg.seed, cfg.deterministic)
-    run = RunDir(run_path, enabled=ctx.is_main)
+    run = RunDir(run_path, enabled=ctx.is_main, resume=state is not None, overwrite=overwrite)
+    if run.moved_aside:
+        run.log(f"--overwrite: the run that was in {run_path} is now in {run.moved_aside}")
     cfg.out = str(run_path)
     if run.enabled:
         cfglib.save_yaml(cfg, run.path / "config.yaml")
@@ -369,7 +379,8 @@ def _train(cfg: TrainConfig, run_path: Path, state: dict | None, genotype: Genot
     if state is not None:
         trainer.load_state_dict(state)
         run.truncate_metrics(lambda r: r["epoch"] <= trainer.epoch)
-        run.log(f"resumed {run_path} at epoch {trainer.epoch}")
+        run.log(f"resumed {run_path} at epoch {trainer.epoch}"
+                + (f"; changed: {', '.join(cfg._resume_changes)}" if getattr(cfg, "_resume_changes", None) else ""))
     else:
         run.write_text("genotype.json", genotype.to_json() + "\n")
         run.log(f"train: {genotype}")
@@ -428,11 +439,12 @@ def report_cost(cfg: TrainConfig) -> dict:
 
 
 def _main(args: dict) -> int:
+    overwrite = False if "resume" in args else bool(args.pop("overwrite", False))
     cfg, run_path, state = prepare(args)
     if cfg.report_cost:
         report_cost(cfg)
         return 0
-    train(cfg, run_path, state)
+    train(cfg, run_path, state, overwrite)
     return 0
 
 
