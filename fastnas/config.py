@@ -230,6 +230,8 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file not found: {p}")
     try:
         data = yaml.safe_load(p.read_text()) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {p} is not a text (YAML) file") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):

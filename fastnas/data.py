@@ -173,8 +173,14 @@ def load_folder(root: str | Path, split: str, image_size: int = 32,
     if classes is not None and ds.classes != classes:
         raise DataError(f"image folder {path}: classes {ds.classes} differ from the training split's {classes}")
     images, labels = [], []
+    if len(ds) == 0:
+        raise DataError(f"image folder {path}: no images")
     for i in range(len(ds)):
-        img, label = ds[i]
+        try:
+            img, label = ds[i]
+        except Exception as exc:  # PIL: truncated, corrupt or not an image at all
+            raise DataError(f"unreadable image {ds.samples[i][0]}: {type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:160] if str(exc) else 'cannot decode'}") from None
         if img.shape[0] == 1:
             img = img.expand(3, -1, -1)
         images.append(img[:3])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -34,10 +35,63 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+WEIGHT_FILES = ("model.safetensors", "model_state_dict.pt")
+
+
+def _check_args(args) -> None:
+    """Everything that can be checked before loading data and weights."""
+    if args.batch_size < 1:
+        raise cfglib.ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    cfglib.check_device(args.device)
+    if args.out:
+        parent = Path(args.out).resolve().parent
+        if not parent.is_dir():
+            raise cfglib.ConfigError(f"--out {args.out}: folder {parent} does not exist")
+        if not os.access(parent, os.W_OK):
+            raise cfglib.ConfigError(f"--out {args.out}: folder {parent} is not writable")
+
+
+def _load_exported(path: Path, device):
+    """A training run's exported model (model.pt2) or final weights (model.safetensors or
+    model_state_dict.pt): the run's config.yaml and genotype.json beside it say what network it is."""
+    run = path.parent
+    for need in ("config.yaml", "genotype.json"):
+        if not (run / need).is_file():
+            raise RunError(f"{path}: no {need} beside it (evaluate the files of a training run directory)")
+    cfg = cfglib.from_dict(TrainConfig, cfglib.load_yaml(run / "config.yaml"))
+    genotype = Genotype.from_json(run / "genotype.json")
+    if path.suffix == ".pt2":
+        import torch
+
+        try:
+            net = torch.export.load(str(path)).module().to(device)
+        except Exception as exc:
+            raise RunError(f"cannot load exported model {path}: {type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
+        return net, genotype, cfg, None
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            weights = load_file(str(path))
+        else:
+            import torch
+
+            weights = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise RunError(f"cannot read weights {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+    return weights, genotype, cfg, None
+
+
 def evaluate_checkpoint(args) -> dict:
+    _check_args(args)
     path = Path(args.checkpoint)
     if path.is_dir():
         path = path / "best.pt"
+    if not path.is_file():
+        raise RunError(f"no checkpoint at {path}")
+    if path.suffix == ".pt2" or path.name in WEIGHT_FILES or path.suffix == ".safetensors":
+        return _evaluate_files(path, args)
     state = load_checkpoint(path)
     if state.get("kind") not in ("train", "weights"):
         raise RunError(f"{path} is not a training checkpoint (best.pt or last.pt)")
@@ -48,6 +102,7 @@ def evaluate_checkpoint(args) -> dict:
     dataset = args.dataset or cfg.dataset
     data = load_dataset(dataset, args.data_dir or cfg.data_dir, train=args.split == "train",
                         embedded_size=cfg.embedded_size, image_size=cfg.image_size, seed=cfg.seed)
+    _check_classes(data, dataset)
     if data.num_classes != state["num_classes"]:
         raise RunError(f"{dataset} has {data.num_classes} classes, the checkpoint's model {state['num_classes']}")
     device = resolve_device(args.device)
@@ -61,6 +116,44 @@ def evaluate_checkpoint(args) -> dict:
     result.update(checkpoint=str(path), epoch=state.get("epoch"), dataset=dataset, split=args.split,
                   images=len(data), genotype=str(genotype))
     return result
+
+
+def _evaluate_files(path: Path, args) -> dict:
+    net_or_weights, genotype, cfg, _ = _load_exported(path, resolve_device(args.device))
+    if args.genotype is not None and resolve_genotype(args.genotype) != genotype:
+        raise RunError(f"{path} was trained with another genotype than {args.genotype[:60]!r}")
+    dataset = args.dataset or cfg.dataset
+    data = load_dataset(dataset, args.data_dir or cfg.data_dir, train=args.split == "train",
+                        embedded_size=cfg.embedded_size, image_size=cfg.image_size, seed=cfg.seed)
+    _check_classes(data, dataset)
+    device = resolve_device(args.device)
+    if isinstance(net_or_weights, dict):
+        net = EvalNetwork(genotype, cfg.channels, cfg.layers, data.num_classes, cfg.auxiliary).to(device)
+        try:
+            net.load_state_dict(net_or_weights)
+        except RuntimeError as exc:
+            raise RunError(f"weights {path} do not fit the genotype's network: {str(exc).splitlines()[0]}") from None
+    else:
+        net = net_or_weights
+    mean, std = data.mean, data.std
+    if dataset == "folder" and args.split == "test":  # the network was trained with the train split's statistics
+        train_data = load_dataset(dataset, args.data_dir or cfg.data_dir, train=True, embedded_size=cfg.embedded_size,
+                                  image_size=cfg.image_size, seed=cfg.seed)
+        mean, std = train_data.mean, train_data.std
+    result = evaluate_model(net, data, mean, std, device, args.batch_size, AMP_DTYPES[args.amp])
+    result.update(checkpoint=str(path), epoch=cfg.epochs, dataset=dataset, split=args.split, images=len(data),
+                  genotype=str(genotype))
+    return result
+
+
+def _check_classes(data, dataset: str) -> None:
+    """An accuracy over one class (or no images) says nothing: refuse it rather than print 0% error."""
+    if len(data) == 0:
+        raise RunError(f"{dataset}: no images to evaluate")
+    present = int(data.labels.unique().numel())
+    if present < 2:
+        raise RunError(f"{dataset}: every image to evaluate has the same label ({present} class present); "
+                       "an accuracy over it is meaningless")
 
 
 def _main(args) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import json
+import numbers
 import os
 import shutil
 import subprocess
@@ -27,6 +28,9 @@ __all__ = ["Genotype", "GenotypeError", "PUBLISHED", "published", "FIXED_REDUCTI
 
 # Hand-designed reduction cells a genotype can name instead of searched reduce edges.
 FIXED_REDUCTION_CELLS = ("gdas_frc",)
+
+
+MAX_NODES = 64  # intermediate nodes per cell a genotype may have (DARTS: 4)
 
 
 class GenotypeError(ValueError):
@@ -56,8 +60,29 @@ class Genotype:
     reduce_cell: str | None = None
 
     def __post_init__(self):
-        object.__setattr__(self, "normal", tuple((str(op), int(i)) for op, i in self.normal))
-        object.__setattr__(self, "reduce", tuple((str(op), int(i)) for op, i in self.reduce))
+        # Types are checked before anything is converted: "0", 1.7 or True as an input node is an error,
+        # not silently int()-ed, and range(0, 10**8) as a concat is refused before it is materialised.
+        for cell in ("normal", "reduce"):
+            edges = getattr(self, cell)
+            if len(edges) > 2 * MAX_NODES:
+                raise GenotypeError(f"{cell} cell: {len(edges) // 2} intermediate nodes, at most {MAX_NODES}")
+            for e, edge in enumerate(edges):
+                if not isinstance(edge, (tuple, list)) or len(edge) != 2:
+                    raise GenotypeError(f"{cell} cell, edge {e}: expected (op, input), got {edge!r}")
+                op, idx = edge
+                if not isinstance(op, str):
+                    raise GenotypeError(f"{cell} cell, edge {e}: op must be a name, got {op!r}")
+                if not isinstance(idx, numbers.Integral) or isinstance(idx, bool):
+                    raise GenotypeError(f"{cell} cell, edge {e} ({op!r}): input must be an integer, got {idx!r}")
+            concat = getattr(self, f"{cell}_concat")
+            shown = f"range({concat.start}, {concat.stop})" if isinstance(concat, range) else repr(concat)[:80]
+            if len(concat) > 2 + MAX_NODES:
+                raise GenotypeError(f"{cell}_concat {shown}: {len(concat)} nodes, a cell has at most "
+                                    f"{MAX_NODES} intermediate nodes")
+            if any(not isinstance(c, numbers.Integral) or isinstance(c, bool) for c in concat):
+                raise GenotypeError(f"{cell}_concat {shown} must list node numbers (integers)")
+        object.__setattr__(self, "normal", tuple((op, int(i)) for op, i in self.normal))
+        object.__setattr__(self, "reduce", tuple((op, int(i)) for op, i in self.reduce))
         object.__setattr__(self, "normal_concat", tuple(int(i) for i in self.normal_concat))
         object.__setattr__(self, "reduce_concat", tuple(int(i) for i in self.reduce_concat))
 
@@ -100,8 +125,15 @@ class Genotype:
                     )
             n_nodes = 2 + len(edges) // 2
             concat = getattr(self, f"{cell}_concat")
-            if not concat or any(not 0 <= c < n_nodes for c in concat):
-                raise GenotypeError(f"{cell}_concat {list(concat)} must name nodes in 0..{n_nodes - 1}")
+            # Only intermediate nodes: an input node of a reduction cell has the wrong spatial size, and
+            # the cell's width is len(concat) * C (so a repeated node would be counted twice).
+            if not concat:
+                raise GenotypeError(f"{cell}_concat is empty: name at least one of the nodes 2..{n_nodes - 1}")
+            if any(not 2 <= c < n_nodes for c in concat):
+                raise GenotypeError(f"{cell}_concat {list(concat)[:16]} must name intermediate nodes "
+                                    f"2..{n_nodes - 1}; nodes 0 and 1 are the cell's inputs")
+            if len(set(concat)) != len(concat):
+                raise GenotypeError(f"{cell}_concat {list(concat)} names a node twice")
         return self
 
     # ----------------------------------------------------------------- text forms
@@ -142,6 +174,8 @@ class Genotype:
         fields = {k: _literal(v, k) for k, v in values.items()}
         try:
             geno = cls(**fields)
+        except GenotypeError:
+            raise
         except (TypeError, ValueError) as exc:
             raise GenotypeError(f"Genotype(...): malformed edges ({exc})") from None
         return geno.validate(check_ops)
@@ -182,6 +216,8 @@ class Genotype:
                 name=d.get("name"),
                 reduce_cell=d.get("reduce_cell"),
             )
+        except GenotypeError:
+            raise
         except (TypeError, ValueError) as exc:
             raise GenotypeError(f"genotype JSON: malformed edges, expected [op, input] pairs ({exc})") from None
         return geno.validate(check_ops)
@@ -209,7 +245,19 @@ class Genotype:
             return PUBLISHED[s.upper()]
         if s.split("(", 1)[0].strip().endswith("Genotype"):
             return cls.parse(s)
-        if s.startswith("{") or s.endswith(".json") or _is_file(s):
+        if _is_file(s) and not s.endswith(".json"):
+            # e.g. a search run's genotype.txt: the DARTS string, or JSON, in a file
+            try:
+                text = Path(s).read_text().strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise GenotypeError(f"cannot read genotype file {s}: {exc}") from None
+            if text.split("(", 1)[0].strip().endswith("Genotype"):
+                try:
+                    return cls.parse(text)
+                except GenotypeError as exc:
+                    raise GenotypeError(f"{s}: {exc}") from None
+            return cls.from_json(s)
+        if s.startswith("{") or s.endswith(".json"):
             return cls.from_json(s)
         raise GenotypeError(
             f"cannot read genotype {s[:60]!r}: not a published name ({', '.join(PUBLISHED)}), "
@@ -280,7 +328,7 @@ def _literal(node: ast.AST, field_name: str):
         args = [_literal(a, field_name) for a in node.args]
         if not 1 <= len(args) <= 3 or not all(isinstance(a, int) for a in args):
             raise GenotypeError(f"{field_name}: range(...) takes 1 to 3 integers")
-        return list(range(*args))
+        return range(*args)  # not materialised: a huge range is refused by its length
     if isinstance(node, (ast.List, ast.Tuple)):
         return [_literal(e, field_name) for e in node.elts]
     if isinstance(node, ast.Constant) and isinstance(node.value, (str, int)):

@@ -211,11 +211,16 @@ class EvalNetwork(_Network):
     drop-path to every non-identity op during training.
     """
 
-    def __init__(self, genotype: Genotype, channels: int = 36, layers: int = 20, num_classes: int = 10,
+    def __init__(self, genotype: Genotype | str, channels: int = 36, layers: int = 20, num_classes: int = 10,
                  auxiliary: bool = True, drop_path: float = 0.0, *, stem_multiplier: int = 3,
                  in_channels: int = 3):
         super().__init__()
+        if isinstance(genotype, str):  # a published name (e.g. "PDARTS"), a DARTS string or a file
+            genotype = Genotype.load(genotype)
         genotype.validate()
+        if auxiliary and layers < 2:
+            raise ValueError(f"layers={layers} leaves no cell for the auxiliary head; use layers >= 2 or "
+                             "auxiliary=False")
         self.genotype = genotype
         C_curr = stem_multiplier * channels
         self.stem = nn.Sequential(
@@ -235,9 +240,11 @@ class EvalNetwork(_Network):
 class EvalNetworkImageNet(_Network):
     """The DARTS ImageNet-mobile network (224x224 input, 14 cells, C=48) for transfer."""
 
-    def __init__(self, genotype: Genotype, channels: int = 48, layers: int = 14, num_classes: int = 1000,
+    def __init__(self, genotype: Genotype | str, channels: int = 48, layers: int = 14, num_classes: int = 1000,
                  auxiliary: bool = True, drop_path: float = 0.0, *, in_channels: int = 3):
         super().__init__()
+        if isinstance(genotype, str):
+            genotype = Genotype.load(genotype)
         genotype.validate()
         self.genotype = genotype
         C = channels

@@ -176,6 +176,11 @@ class SearchConfig(RunOptions):
             raise ConfigError(f"primitives: unknown op(s) {', '.join(unknown)}")
         if len(set(self.primitives)) != len(self.primitives):
             raise ConfigError(f"primitives: duplicates in {self.primitives}")
+        if all(p == "none" for p in self.primitives):
+            raise ConfigError("primitives: the derived cell needs at least one op other than 'none'")
+        if "none" in self.primitives and min(self.ops_kept) < 2:
+            raise ConfigError(f"ops_kept {self.ops_kept}: with 'none' among the candidates every stage must keep "
+                              ">= 2 ops (pruning may keep 'none', which the derived cell cannot use)")
         if self.ops_kept[0] > len(self.primitives):
             raise ConfigError(
                 f"ops_kept[0]={self.ops_kept[0]} is larger than the {len(self.primitives)} candidate primitives"

@@ -386,7 +386,11 @@ def _derive_cell(probs: list[list[float]], names: list[list[str]], steps: int, m
 def derive_genotype(supernet: SuperNet, max_skip_normal: int | None = 2, sampler: Sampler | None = None,
                     probabilities: dict[str, Tensor] | None = None) -> Genotype:
     """Per edge the strongest non-zero op; per node the 2 strongest incoming edges; at most
-    `max_skip_normal` skip connections in the normal cell (None: no cap)."""
+    `max_skip_normal` skip connections in the normal cell (None or -1, as on the command line: no cap)."""
+    if max_skip_normal is not None and max_skip_normal < 0:
+        if max_skip_normal != -1:
+            raise ValueError(f"max_skip_normal must be >= 0, or -1/None for no cap; got {max_skip_normal}")
+        max_skip_normal = None
     probs = probabilities if probabilities is not None else supernet.probabilities(sampler)
     ew = supernet.edge_weights()
     if ew is not None:  # PC-DARTS: edge scores are op probabilities times the edge's normalised beta

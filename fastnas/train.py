@@ -264,7 +264,10 @@ def evaluate_model(net, data, mean, std, device, batch_size: int = 256, amp_dtyp
                    memory_format=torch.contiguous_format, to_device=None, rank: int = 0, world_size: int = 1) -> dict:
     """Test loss, accuracy and error of `net` on in-memory `data` (normalized with mean/std); under
     torchrun each process takes a contiguous slice and the sums are all-reduced."""
-    net.eval()
+    try:
+        net.eval()
+    except NotImplementedError:  # a torch.export program: exported in eval mode already
+        pass
     total_loss, correct = 0.0, 0
     per = -(-len(data) // world_size)
     lo, hi = rank * per, min(len(data), (rank + 1) * per)
@@ -315,7 +318,9 @@ def export_model(run: RunDir, net: EvalNetwork, image_size: int, device) -> list
     net.eval()
     try:
         example = torch.zeros(2, 3, image_size, image_size, device=device)
-        program = torch.export.export(net, (example,))
+        # Any batch size: the batch dimension is dynamic (the example's 2 is only a trace size).
+        batch = torch.export.Dim("batch", min=1, max=2**16)
+        program = torch.export.export(net, (example,), dynamic_shapes=({0: batch},))
         torch.export.save(program, str(run.path / "model.pt2"))
         written.append("model.pt2")
     except Exception as exc:  # export is a convenience: report, don't fail the run

@@ -70,7 +70,7 @@ def test_json_rejects(tmp_path):
         Genotype.from_json('{"normal": []}')
     with pytest.raises(GenotypeError, match="not found"):
         Genotype.from_json(tmp_path / "missing.json")
-    with pytest.raises(GenotypeError, match="malformed edges"):
+    with pytest.raises(GenotypeError, match=r"edge 0: expected \(op, input\)"):
         Genotype.from_json('{"normal": [["sep_conv_3x3"]], "reduce": [["sep_conv_3x3"]]}')
     with pytest.raises(GenotypeError, match="unknown published genotype"):
         published("NASNET")
