@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -57,6 +58,12 @@ class RunOptions:
             raise ConfigError(f"embedded_size must be >= 4, got {self.embedded_size}")
         if self.max_steps < 0 or self.workers < 0:
             raise ConfigError("max_steps and workers must be >= 0")
+        if self.dataset == "embedded":  # generated in memory as uint8: refuse what cannot fit before allocating
+            need = 2 * self.embedded_size * 3 * 32 * 32  # training images and a test set as large
+            ram = _physical_memory()
+            if ram and need > ram:
+                raise ConfigError(f"embedded_size={self.embedded_size} needs {need / 2**30:.1f} GiB of images, more "
+                                  f"than this machine's {ram / 2**30:.1f} GiB of memory")
         check_device(self.device)
 
 
@@ -85,6 +92,13 @@ def check_fields(cfg) -> None:
             for key, (ok, sign) in _BOUNDS.items():
                 if key in f.metadata and not ok(v, f.metadata[key]):
                     raise ConfigError(f"option {f.name!r} must be {sign} {f.metadata[key]}, got {v}")
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def check_device(name: str) -> None:

@@ -184,6 +184,7 @@ def _pipeline(args, ctx) -> int:
     ])
     run.write_text("report.md", md)
     run.log(md)
+    run.log(f"results in {out}")
     run.close()
     return 0
 

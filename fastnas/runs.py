@@ -165,7 +165,7 @@ class RunDir:
             return
         self.logger.info(message)
         if echo:
-            print(message, flush=True)
+            _echo(message)
 
     def log_metrics(self, row: dict, step: int | None = None) -> None:
         """Append one JSON line, refresh the CSV, send scalars to TensorBoard."""
@@ -222,8 +222,12 @@ class RunDir:
         p = self.path / name
         if self.enabled:
             tmp = p.with_name(p.name + ".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, p)
+            try:
+                tmp.write_text(text)
+                os.replace(tmp, p)
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                raise RunError(f"could not write {p}: {exc.strerror or exc}") from None
         return p
 
     def write_json(self, name: str, obj) -> Path:
@@ -233,10 +237,16 @@ class RunDir:
         p = self.path / name
         if self.enabled:
             tmp = p.with_name(p.name + ".tmp")
-            torch.save(state, tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, p)
+            try:
+                torch.save(state, tmp)
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
+                os.replace(tmp, p)
+            except (OSError, RuntimeError) as exc:  # a full disk surfaces from torch.save as a RuntimeError
+                tmp.unlink(missing_ok=True)
+                reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0][:160]
+                kept = "the previous checkpoint is kept" if p.exists() else "no checkpoint was written yet"
+                raise RunError(f"could not write checkpoint {p} ({reason}; is the disk full?): {kept}") from None
         return p
 
     def close(self) -> None:
@@ -277,17 +287,44 @@ class _NoBar:
         pass
 
 
-def progress_bar(total: int, desc: str, enabled: bool = True):
-    """A tqdm bar in a terminal (when tqdm is installed and `enabled`), else a silent stand-in: the
-    per-epoch log line is the progress report then."""
+_BARS: list = []  # live tqdm bars: log lines go through tqdm.write meanwhile, so they do not tear them
+
+
+class _Bar:
+    def __init__(self, bar):
+        self.bar = bar
+        _BARS.append(self)
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self in _BARS:
+            _BARS.remove(self)
+
+
+def progress_bar(total: int, desc: str, enabled: bool = True, *, whole_run: bool = False, initial: int = 0):
+    """A tqdm bar with rate and ETA in a terminal (`enabled`: rank 0), else a silent stand-in: the
+    per-epoch log lines are the progress report when the output is a file or a pipe. `whole_run`: the
+    bar of the whole run in epochs (stays on screen, on top); otherwise the current epoch's steps."""
     if enabled and is_terminal():
         try:
             from tqdm import tqdm
-
-            return tqdm(total=total, desc=desc, leave=False)
         except ImportError:
-            pass
+            return _NoBar()
+        return _Bar(tqdm(total=total, initial=initial, desc=desc, position=0 if whole_run else 1,
+                         leave=whole_run, unit="epoch" if whole_run else "step", dynamic_ncols=True))
     return _NoBar()
+
+
+def _echo(message: str) -> None:
+    if _BARS:
+        from tqdm import tqdm
+
+        tqdm.write(message)
+    else:
+        print(message, flush=True)
 
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -361,6 +398,11 @@ def guarded(body, *args) -> int:
         return body(*args)
     except (ConfigError, DataError, RunError, GenotypeError) as exc:
         _fail(f"error: {exc}", opened)
+        return 2
+    except (torch.OutOfMemoryError, MemoryError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        _fail(f"error: out of memory ({first or type(exc).__name__}): lower --batch-size, --channels or the "
+              "dataset size", opened)
         return 2
     except OSError as exc:  # disk full, permission denied, ...: name the path, no traceback
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""

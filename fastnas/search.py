@@ -591,9 +591,26 @@ class Searcher:
     # ----------------------------------------------------------------- the run
     def run(self, resumed: bool = False) -> Genotype:
         cfg = self.cfg
-        log = self.run_dir.log
         if self.net is None:
             self.build_stage(self.stage)
+        # The whole run's bar (epochs, ETA) above each epoch's bar (steps); plain log lines off a terminal.
+        run_bar = progress_bar(sum(cfg.epochs), "search", enabled=self.rank == 0, whole_run=True,
+                               initial=sum(cfg.epochs[:self.stage]) + self.epoch)
+        try:
+            self._run_stages(resumed, run_bar)
+        finally:
+            run_bar.close()
+        final = derive_genotype(self.net, self.max_skip(), self.sampler)
+        # Over the budget: the best genotype within it (or smaller evaluation channels), as configured.
+        final, self.budget_report = self.penalty.fit(final, self.net.probabilities(self.sampler),
+                                                     self.net.edge_primitives, self.max_skip(), cfg.budget_fit)
+        for line in self.penalty.report_lines(self.budget_report):
+            self.run_dir.log(line)
+        return final
+
+    def _run_stages(self, resumed: bool, run_bar) -> None:
+        """Train the remaining epochs of every stage, pruning between stages."""
+        cfg, log = self.cfg, self.run_dir.log
         while self.stage < cfg.num_stages:
             stage = self.stage
             if self.epoch == 0 and not resumed:
@@ -617,14 +634,8 @@ class Searcher:
                     f"acc {row['train_acc']:.3f}, {valid}, tau {row['tau']:.2f}, skip dropout "
                     f"{row['skip_dropout']:.3f}, entropy {row['entropy_normal']:.3f}/{row['entropy_max']:.3f}, "
                     f"{self.penalty.describe(row['expected_cost'])}{row['epoch_time_s']:.1f}s")
+                run_bar.update(1)
             self.finish_stage(stage)
-        final = derive_genotype(self.net, self.max_skip(), self.sampler)
-        # Over the budget: the best genotype within it (or smaller evaluation channels), as configured.
-        final, self.budget_report = self.penalty.fit(final, self.net.probabilities(self.sampler),
-                                                     self.net.edge_primitives, self.max_skip(), cfg.budget_fit)
-        for line in self.penalty.report_lines(self.budget_report):
-            log(line)
-        return final
 
     def finish_stage(self, stage: int) -> None:
         cfg = self.cfg

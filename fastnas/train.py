@@ -233,6 +233,16 @@ class Trainer:
             raise RunError(f"checkpoint does not fit this network: {type(exc).__name__}: {str(exc)[:200]}") from None
 
     def run(self) -> dict:
+        """Train the remaining epochs; the last epoch's metrics (empty when none was left)."""
+        # The whole run's bar (epochs, ETA) above each epoch's bar (steps); plain log lines off a terminal.
+        run_bar = progress_bar(self.cfg.epochs, "train", enabled=self.rank == 0, whole_run=True,
+                               initial=self.epoch)
+        try:
+            return self._epochs(run_bar)
+        finally:
+            run_bar.close()
+
+    def _epochs(self, run_bar) -> dict:
         cfg, log = self.cfg, self.run_dir.log
         last = {}
         while self.epoch < cfg.epochs:
@@ -255,6 +265,7 @@ class Trainer:
             log(f"epoch {self.epoch}/{cfg.epochs}: train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f}, "
                 f"test acc {row['test_acc']:.4f} (error {row['test_error'] * 100:.2f}%), lr {row['lr']:.4f}, "
                 f"drop-path {row['drop_path']:.3f}, {row['train_images_per_s']:.0f} images/s")
+            run_bar.update(1)
             last = row
         return last
 
@@ -413,6 +424,7 @@ def _train(cfg: TrainConfig, run_path: Path, state: dict | None, genotype: Genot
             run.log(f"warning: curves.png not drawn: {type(exc).__name__}: {exc}")
     run.log(f"final test error {result['final_test_error'] * 100:.2f}% after {trainer.epoch} epochs (seed {cfg.seed}; "
             f"best epoch {trainer.best['epoch']}: {(1 - trainer.best['test_acc']) * 100:.2f}%, shown for reference)")
+    run.log(f"results in {run_path}")
     run.close()
     return result
 
