@@ -170,6 +170,8 @@ def load_folder(root: str | Path, split: str, image_size: int = 32,
         ds = datasets.ImageFolder(str(path), transform=tf)
     except (FileNotFoundError, RuntimeError) as exc:
         raise DataError(f"image folder {path}: {exc}") from None
+    if len(ds.classes) < 2:  # one class: every accuracy would be 100%, every error 0%
+        raise DataError(f"image folder {path}: {len(ds.classes)} class folder(s); classification needs at least 2")
     if classes is not None and ds.classes != classes:
         raise DataError(f"image folder {path}: classes {ds.classes} differ from the training split's {classes}")
     images, labels = [], []

@@ -100,7 +100,7 @@ class SearchConfig(RunOptions):
     weight_decay: float = opt(3e-4, "SGD weight decay", ge=0)
     grad_clip: float = opt(5.0, "gradient-norm clip of the weight step (0: off)", ge=0)
     # architecture optimizer
-    arch_lr: float = opt(3e-4, "Adam learning rate of the architecture parameters (GDAS 3e-4; P-DARTS 6e-4)", gt=0)
+    arch_lr: float = opt(3e-4, "Adam learning rate of the architecture parameters (GDAS 3e-4; P-DARTS 6e-4)", ge=0)
     arch_travel: float = opt(0.0, "if > 0, set each stage's arch lr to arch_travel / (its architecture steps): "
                                   "Adam moves each alpha by about lr per step, so this fixes how far the "
                                   "architecture can move in a stage whatever the budget (0: use arch_lr)", ge=0)
@@ -309,6 +309,19 @@ PRESETS: dict[str, dict] = {
         "derived_eval_images": 256, "eval_channels": 8, "eval_layers": 5,  # the smoke retraining's network
     },
 }
+
+
+def mean_op_probabilities(probs: dict[str, torch.Tensor], edge_primitives: dict[str, list[list[str]]]) -> dict:
+    """p_<cell>_<op>: each op's probability averaged over the cell's edges that still offer it. Scalar
+    columns for metrics.csv and TensorBoard (the per-edge probabilities are in metrics.jsonl)."""
+    out = {}
+    for cell, p in probs.items():
+        sums: dict[str, list[float]] = {}
+        for e, names in enumerate(edge_primitives[cell]):
+            for k, name in enumerate(names):
+                sums.setdefault(name, []).append(float(p[e, k]))
+        out.update({f"p_{cell}_{name}": sum(v) / len(v) for name, v in sums.items()})
+    return out
 
 
 def skip_dropout_rate(p: float, epoch: int, epochs: int, warmup: int) -> float:
@@ -540,6 +553,7 @@ class Searcher:
             "genotype": str(derive_genotype(self.net, self.max_skip(), self.sampler)),
             "op_probabilities": {cell: {"primitives": self.net.edge_primitives[cell], "p": p.tolist()}
                                  for cell, p in probs.items()},
+            **mean_op_probabilities(probs, self.net.edge_primitives),
         }
 
     def max_skip(self):

@@ -44,7 +44,7 @@ BAD_SEARCH = [
     (["--momentum", "inf"], "'momentum' must be a finite number"),
     (["--momentum", "-0.5"], "'momentum' must be >= 0"),
     (["--grad-clip", "nan"], "'grad_clip' must be a finite number"),
-    (["--arch-lr=-3e-4"], "'arch_lr' must be > 0"),
+    (["--arch-lr=-3e-4"], "'arch_lr' must be >= 0"),
     (["--tau-start", "nan"], "'tau_start' must be a finite number"),
     (["--seed", str(2**70)], "'seed'"),
     (["--seed", "-1"], "'seed' must be >= 0"),
@@ -337,3 +337,25 @@ def test_unreadable_image_is_named(tmp_path, capsys):
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
     _fails(train.main, [*TRAIN, "--dataset", "folder", "--data-dir", str(tmp_path / "data"), "--out",
                         str(tmp_path / "run")], f"unreadable image {bad}", capsys)
+
+
+def test_metrics_csv_has_op_probability_columns(finished_search):
+    import csv
+
+    rows = list(csv.DictReader((finished_search / "metrics.csv").open()))
+    first = rows[0]  # stage 1: every edge offers all 8 primitives, so the means sum to 1
+    cols = [c for c in first if c.startswith("p_normal_")]
+    assert "p_normal_sep_conv_3x3" in cols and len(cols) == 8
+    assert abs(sum(float(first[c]) for c in cols) - 1) < 1e-5
+
+
+def test_one_class_folder_is_refused(tmp_path, capsys):
+    from PIL import Image
+
+    for split in ("train", "test"):
+        d = tmp_path / "data" / split / "only"
+        d.mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(d / f"{i}.png")
+    _fails(train.main, [*TRAIN, "--dataset", "folder", "--data-dir", str(tmp_path / "data"), "--out",
+                        str(tmp_path / "run")], "needs at least 2", capsys)
