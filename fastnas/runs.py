@@ -46,33 +46,52 @@ def holds_run(path: Path) -> str | None:
     return next((m for m in RUN_MARKERS if (path / m).exists()), None)
 
 
-def _pid_alive(pid: int) -> bool:
+def _proc_start(pid: int) -> str | None:
+    """The process's start time (clock ticks since boot) and state from /proc, where there is one."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+    return f"{fields[19]}:{fields[0]}"  # starttime:state
+
+
+def _pid_alive(pid: int, start: str | None = None) -> bool:
+    """Whether the process that wrote a lock still runs: a zombie (killed, not yet reaped) does not, and
+    neither does a new process that got the same pid (its start time differs)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # alive, another user's
+        pass
+    now = _proc_start(pid)
+    if now is None:
         return True
-    return True
+    ticks, state = now.split(":")
+    if state in ("Z", "X"):
+        return False
+    return start is None or start == ticks
 
 
 def _acquire_lock(path: Path) -> Path:
     """Create path/.lock holding our pid and host (O_EXCL: of two processes one wins). A lock whose
     process is gone (killed runs leave one) is taken over; a live one is a one-line error."""
     lock = path / LOCK_NAME
-    me = f"{os.getpid()} {socket.gethostname()}\n"
+    start = (_proc_start(os.getpid()) or ":").split(":")[0]
+    me = f"{os.getpid()} {socket.gethostname()} {start}\n"
     for _ in range(3):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             try:
-                pid_s, _, host = lock.read_text().strip().partition(" ")
-                pid = int(pid_s)
-            except (OSError, ValueError):
-                pid, host = -1, ""
+                parts = lock.read_text().split()
+                pid, host, started = int(parts[0]), (parts[1:2] or [""])[0], (parts[2:3] or [None])[0]
+            except (OSError, ValueError, IndexError):
+                pid, host, started = -1, "", None
             same_host = host in ("", socket.gethostname())
             ours_stale = pid == os.getpid() and str(path.resolve()) not in _HELD
-            if pid > 0 and same_host and _pid_alive(pid) and not ours_stale:
+            if pid > 0 and same_host and _pid_alive(pid, started or None) and not ours_stale:
                 raise RunError(f"run directory {path} is in use by another run (pid {pid}): wait for it to "
                                "finish or choose another --out") from None
             if pid > 0 and not same_host:

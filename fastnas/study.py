@@ -92,6 +92,12 @@ def _load_options(args) -> dict:
         path = Path(args.resume) / "study_config.yaml"
         if not path.is_file():
             raise RunError(f"{args.resume} is not a study directory (no study_config.yaml)")
+        defaults = vars(parse_args([]))
+        given = [k for k in _SAVED if getattr(args, k) != defaults[k]]
+        if given:  # what a study compares may not change halfway
+            names = ", ".join("--" + k.replace("_", "-") for k in given)
+            raise ConfigError(f"--resume continues a study with its saved options: {names} cannot change "
+                              "(only --device and --workers can)")
         saved = yaml.safe_load(path.read_text())
         return {**saved, "device": args.device, "workers": args.workers, "out": args.resume, "resume": True}
     opts = {k: getattr(args, k) for k in _SAVED}

@@ -74,6 +74,33 @@ def run_module(module: str, args, **kw):
                           timeout=600, **kw)
 
 
+def _descendants(root: int) -> list[int]:
+    """Every process below `root`, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].split()[0] not in ("Z", "X")
+
+
 def kill_after_rows(cmd, metrics: Path, rows: int, timeout: float = 300):
     """Start `cmd` in its own process group, wait until `metrics` (JSON lines) holds `rows` rows, then
     SIGKILL the whole group (a launcher and its workers alike). Fails if the run ends first."""
@@ -90,5 +117,17 @@ def kill_after_rows(cmd, metrics: Path, rows: int, timeout: float = 300):
             break
         time.sleep(0.02)
     assert proc.poll() is None, "the run finished before it could be killed"
+    # torchrun starts its workers in sessions of their own: kill the launcher's whole process tree, not
+    # only its group (an orphaned worker would go on writing into the run directory, and hold its lock).
+    tree = _descendants(proc.pid)
     os.killpg(proc.pid, signal.SIGKILL)
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     proc.wait()
+    for _ in range(500):  # SIGKILL is delivered asynchronously
+        if not any(_running(pid) for pid in tree):
+            break
+        time.sleep(0.02)

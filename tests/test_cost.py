@@ -234,7 +234,7 @@ def test_budget_fit_channels(tmp_path):
     (["--target-flops", "lots"], "target_flops: expected a number"),
     (["--target-params", "1k"], "target_params 1.000k is unreachable"),
     (["--target-params", "1M", "--target-flops", "1G"], "one budget at a time"),
-    (["--cost-strength", "-1", "--target-params", "1M"], "cost_strength must be"),
+    (["--cost-strength", "-1", "--target-params", "1M"], "'cost_strength' must be >= 0"),
     (["--target-latency-ms", "5", "--latency-device", "tpu"], "latency_device must be cpu or cuda"),
 ])
 def test_bad_budgets_fail_with_one_line(tmp_path, capsys, args, message):

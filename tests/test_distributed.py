@@ -108,3 +108,20 @@ def test_two_process_pipeline_shares_one_process_group(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["genotype"] == json.loads((out / "search" / "genotype.json").read_text())
     assert r.stdout.count("# fastnas pipeline report") == 1  # rank 0 alone reports
+
+
+def test_two_process_study(tmp_path):
+    """fastnas.study under torchrun: one process group serves every search and retraining, rank 0 alone
+    writes the study, and the numbers are those of a complete study."""
+    (tmp_path / "s.yaml").write_text("embedded_size: 256\nepochs: [1, 1, 1]\nwarmup_epochs: [0, 0, 0]\nmax_steps: 2\n")
+    (tmp_path / "t.yaml").write_text("channels: 4\nlayers: 3\nembedded_size: 320\nepochs: 1\nmax_steps: 2\n")
+    out = tmp_path / "study"
+    r = torchrun(2, "fastnas.study", ["--samplers", "softmax", "--seeds", "0", "--random", "1", "--search-preset",
+                                      "smoke", "--train-preset", "smoke", "--search-config", str(tmp_path / "s.yaml"),
+                                      "--train-config", str(tmp_path / "t.yaml"), "--out", str(out)])
+    assert r.returncode == 0, r.stderr[-2000:]
+    study = json.loads((out / "study.json").read_text())
+    assert set(study["per_seed"]) == {"0"} and study["overall"]["seeds_done"] == 1
+    per = study["per_seed"]["0"]
+    assert set(per["searched"]) == {"softmax"} and len(per["random"]) == 1
+    assert r.stdout.count("study written to") == 1  # rank 0 alone reports

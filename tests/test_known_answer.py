@@ -23,16 +23,18 @@ ARGS = ["--preset", "smoke", "--primitives", "sep_conv_3x3", "noise", "--ops-kep
 # it must reach 10 (a search choosing by coin flip fails that 91% of the time, one preferring noise
 # always); the others are kept visible as known failures with their numbers, not hidden. The Gumbel
 # samplers train a (near-)random path per step and their supernet learns too little in ~130 steps.
+# The known failures are `slow` (left out of CI, whose 20 minutes they would spend on a known answer)
+# and still xfail: `python -m pytest -m slow tests/test_known_answer.py` runs all four and reports them.
 SAMPLERS = [
     pytest.param("softmax", 10, id="softmax"),
-    pytest.param("dirichlet", 12, id="dirichlet", marks=pytest.mark.xfail(
-        reason="measured 12/14 on one thread, 9/14 on two: not robust at this budget", strict=False)),
-    pytest.param("gumbel-soft", 12, id="gumbel-soft", marks=pytest.mark.xfail(
+    pytest.param("dirichlet", 12, id="dirichlet", marks=[pytest.mark.slow, pytest.mark.xfail(
+        reason="measured 12/14 on one thread, 9/14 on two: not robust at this budget", strict=False)]),
+    pytest.param("gumbel-soft", 12, id="gumbel-soft", marks=[pytest.mark.slow, pytest.mark.xfail(
         reason="gumbel-soft needs more steps than a CI budget to train its supernet (benchmarks/README.md)",
-        strict=False)),
-    pytest.param("gumbel-hard", 12, id="gumbel-hard", marks=pytest.mark.xfail(
+        strict=False)]),
+    pytest.param("gumbel-hard", 12, id="gumbel-hard", marks=[pytest.mark.slow, pytest.mark.xfail(
         reason="gumbel-hard needs far more steps than a CI budget to train its supernet (benchmarks/README.md)",
-        strict=False)),
+        strict=False)]),
 ]
 
 

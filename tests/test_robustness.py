@@ -359,3 +359,12 @@ def test_one_class_folder_is_refused(tmp_path, capsys):
             Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(d / f"{i}.png")
     _fails(train.main, [*TRAIN, "--dataset", "folder", "--data-dir", str(tmp_path / "data"), "--out",
                         str(tmp_path / "run")], "needs at least 2", capsys)
+
+
+def test_study_resume_refuses_changed_options(tmp_path, capsys):
+    from fastnas import study
+
+    out = tmp_path / "s"
+    out.mkdir()
+    (out / "study_config.yaml").write_text("seeds: [0]\n")
+    _fails(study.main, ["--resume", str(out), "--seeds", "5", "6"], "--seeds cannot change", capsys)
