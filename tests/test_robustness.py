@@ -368,3 +368,25 @@ def test_study_resume_refuses_changed_options(tmp_path, capsys):
     out.mkdir()
     (out / "study_config.yaml").write_text("seeds: [0]\n")
     _fails(study.main, ["--resume", str(out), "--seeds", "5", "6"], "--seeds cannot change", capsys)
+
+
+def test_full_disk_keeps_the_last_checkpoint_and_no_tmp(tmp_path, monkeypatch):
+    import torch
+
+    run = RunDir(tmp_path / "r")
+    try:
+        run.save_checkpoint({"version": 1, "epoch": 1})
+        good = (run.path / "checkpoint.pt").read_bytes()
+
+        def full(obj, f, *a, **k):  # what torch.save raises when the disk fills mid-write
+            Path(f).write_bytes(b"partial")
+            raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 4096 vs 4000")
+
+        monkeypatch.setattr(torch, "save", full)
+        kept = r"could not write checkpoint .*checkpoint.pt.*the previous checkpoint is kept"
+        with pytest.raises(RunError, match=kept):
+            run.save_checkpoint({"version": 1, "epoch": 2})
+        assert (run.path / "checkpoint.pt").read_bytes() == good
+        assert not list(run.path.glob("*.tmp"))
+    finally:
+        run.close()
