@@ -118,6 +118,19 @@ def check_device(name: str) -> None:
             raise ConfigError(f"device {name!r}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
 
 
+@dataclass
+class SGDOptions:
+    """The weight optimizer's options, shared by the search and the retraining: SGD with momentum and
+    a cosine learning-rate schedule (per stage in a search), as DARTS and its successors use."""
+
+    batch_size: int = opt(96, "batch size (a search uses it for both the weight and the architecture step)", ge=1)
+    lr: float = opt(0.025, "SGD learning rate (cosine-annealed; per stage in a search)", gt=0)
+    lr_min: float = opt(0.0, "final learning rate of the cosine schedule", ge=0)
+    momentum: float = opt(0.9, "SGD momentum", ge=0, lt=1)
+    weight_decay: float = opt(3e-4, "SGD weight decay", ge=0)
+    grad_clip: float = opt(5.0, "gradient-norm clip of the weight step (0: off)", ge=0)
+
+
 def _field_type(cls, f):
     hints = typing.get_type_hints(cls)
     return hints[f.name]
@@ -288,6 +301,7 @@ def from_dict(cls, d: dict):
 
 
 __all__ = [
-    "ConfigError", "RunOptions", "OneLineErrorParser", "make_parser", "config_for_resume", "opt", "add_arguments",
-    "build_config", "load_yaml", "save_yaml", "to_dict", "from_dict", "dataclass",
+    "ConfigError", "RunOptions", "SGDOptions", "OneLineErrorParser", "make_parser", "config_for_resume", "opt",
+    "add_arguments", "build_config", "load_yaml", "save_yaml", "to_dict", "from_dict", "dataclass", "check_fields",
+    "check_device",
 ]

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from fastnas import arch_grad, distributed, plots
 from fastnas import config as cfglib
-from fastnas.config import ConfigError, RunOptions, opt
+from fastnas.config import ConfigError, RunOptions, SGDOptions, opt
 from fastnas.cost import CostPenalty, make_penalty, parse_amount
 from fastnas.data import BatchStream, augment, load_dataset, normalize, split_train
 from fastnas.genotype import FIXED_REDUCTION_CELLS, Genotype
@@ -52,7 +52,7 @@ CHECKPOINT_VERSION = 1
 
 
 @dataclass
-class SearchConfig(RunOptions):
+class SearchConfig(SGDOptions, RunOptions):
     """All options of a search (see ``python -m fastnas.search --help``)."""
 
     preset: str = opt("progressive", "preset: progressive (default: P-DARTS stages + GDAS sampler), pdarts, patent, "
@@ -92,13 +92,7 @@ class SearchConfig(RunOptions):
                                             "(GDAS' FRC, the setting of its best CIFAR-10 result)")
     dirichlet_anchor: float = opt(0.0, "DrNAS: weight of the KL of the Dirichlet to its Dirichlet(1) prior in "
                                        "the architecture loss (dirichlet sampler only; 0: off)", ge=0)
-    # weight optimizer
-    batch_size: int = opt(96, "batch size of both the weight and the architecture step", ge=1)
-    lr: float = opt(0.025, "SGD learning rate (cosine-annealed per stage)", gt=0)
-    lr_min: float = opt(0.0, "final learning rate of the cosine schedule", ge=0)
-    momentum: float = opt(0.9, "SGD momentum", ge=0, lt=1)
-    weight_decay: float = opt(3e-4, "SGD weight decay", ge=0)
-    grad_clip: float = opt(5.0, "gradient-norm clip of the weight step (0: off)", ge=0)
+    # weight optimizer: batch_size, lr, lr_min, momentum, weight_decay, grad_clip (config.SGDOptions)
     # architecture optimizer
     arch_lr: float = opt(3e-4, "Adam learning rate of the architecture parameters (GDAS 3e-4; P-DARTS 6e-4)", ge=0)
     arch_travel: float = opt(0.0, "if > 0, set each stage's arch lr to arch_travel / (its architecture steps): "

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from fastnas import config as cfglib
 from fastnas import distributed
-from fastnas.config import ConfigError, RunOptions, opt
+from fastnas.config import ConfigError, RunOptions, SGDOptions, opt
 from fastnas.data import BatchStream, augment, cutout, load_dataset, normalize
 from fastnas.genotype import Genotype, GenotypeError
 from fastnas.network import EvalNetwork
@@ -42,7 +42,7 @@ CHECKPOINT_VERSION = 1
 
 
 @dataclass
-class TrainConfig(RunOptions):
+class TrainConfig(SGDOptions, RunOptions):
     """All options of a retraining run (see ``python -m fastnas.train --help``)."""
 
     genotype: str | None = opt(None, "published name, genotype.json, search run dir or DARTS Genotype(...) string")
@@ -55,12 +55,7 @@ class TrainConfig(RunOptions):
     drop_path: float = opt(0.3, "final drop-path rate (ramped linearly from 0 over training)", ge=0, lt=1)
     cutout: int = opt(16, "cutout square side (0: off)", ge=0)
     epochs: int = opt(600, "training epochs", ge=1)
-    batch_size: int = opt(96, "batch size", ge=1)
-    lr: float = opt(0.025, "SGD learning rate (cosine-annealed)", gt=0)
-    lr_min: float = opt(0.0, "final learning rate", ge=0)
-    momentum: float = opt(0.9, "SGD momentum", ge=0, lt=1)
-    weight_decay: float = opt(3e-4, "SGD weight decay", ge=0)
-    grad_clip: float = opt(5.0, "gradient-norm clip (0: off)", ge=0)
+    # batch_size, lr, lr_min, momentum, weight_decay, grad_clip: config.SGDOptions
     compile: bool = opt(False, "torch.compile the network")
     pin_memory: bool = opt(True, "pinned host memory for batches copied to a GPU")
     export: bool = opt(True, "export the final model (safetensors or state dict, and torch.export)")
