@@ -16,7 +16,7 @@ from pathlib import Path
 from fastnas import config as cfglib
 from fastnas import distributed, search, train
 from fastnas.data import DATASETS
-from fastnas.runs import RunDir, RunError, cli_main, default_run_dir
+from fastnas.runs import RunDir, RunError, cli_main, default_run_dir, sub_run
 
 PRESETS = {"smoke": ("smoke", "smoke"), "quick": ("quick", "quick"), "full": ("progressive", "darts"),
            "pdarts": ("pdarts", "darts"), "patent": ("patent", "darts")}
@@ -133,26 +133,26 @@ def _pipeline(args, ctx) -> int:
     if (search_dir / "genotype.json").is_file():
         run.log(f"search already finished: {search_dir}")
     elif args.resume and (search_dir / "checkpoint.pt").is_file():
-        if search.main(["--resume", str(search_dir)]) != 0:
+        if sub_run(search.main, ["--resume", str(search_dir)]) != 0:
             return 2
     else:
         extra = ["--config", args.search_config] if args.search_config else []
         extra += ["--overwrite"] if search_dir.exists() else []  # cut before its first checkpoint
-        if search.main(["--preset", search_preset, *extra, *common, *_budget_options(args, train_preset),
-                        "--out", str(search_dir)]) != 0:
+        if sub_run(search.main, ["--preset", search_preset, *extra, *common, *_budget_options(args, train_preset),
+                                 "--out", str(search_dir)]) != 0:
             return 2
 
     if (train_dir / "report.json").is_file():
         run.log(f"retraining already finished: {train_dir}")
     elif args.resume and (train_dir / "last.pt").is_file():
-        if train.main(["--resume", str(train_dir)]) != 0:
+        if sub_run(train.main, ["--resume", str(train_dir)]) != 0:
             return 2
     else:
         extra = ["--config", args.train_config] if args.train_config else []
         extra += _fitted_channels(search_dir)
         extra += ["--overwrite"] if train_dir.exists() else []  # cut before its first checkpoint
-        if train.main(["--genotype", str(search_dir), "--preset", train_preset, *extra, *common,
-                       "--out", str(train_dir)]) != 0:
+        if sub_run(train.main, ["--genotype", str(search_dir), "--preset", train_preset, *extra, *common,
+                                "--out", str(train_dir)]) != 0:
             return 2
 
     try:

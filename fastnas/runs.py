@@ -404,6 +404,15 @@ def cli_main(parse_args, body, argv=None) -> int:
     return guarded(body, args)
 
 
+def sub_run(main, argv: list[str]) -> int:
+    """Run a CLI inside another (a pipeline's or a study's search and retraining): its exit code, except
+    that Ctrl-C goes on up, so the outer command names its own directory to resume."""
+    code = main(argv)
+    if code == 130:
+        raise KeyboardInterrupt
+    return code
+
+
 def guarded(body, *args) -> int:
     """Run a CLI body: bad input (config, data, genotype, run dir, checkpoint) becomes one `error:`
     line on stderr and exit code 2, never a traceback; Ctrl-C exits 130 naming the run directory to
@@ -428,7 +437,11 @@ def guarded(body, *args) -> int:
         _fail(f"error: {exc.strerror or exc}{where}", opened)
         return 2
     except KeyboardInterrupt:
-        _fail(_interrupt_message(_OPEN[opened:]), opened)
+        line = _interrupt_message(_OPEN[opened:])
+        if opened:  # inside another command (see sub_run): it reports, naming its own directory
+            _close_open(opened, line)
+        else:
+            _fail(line, opened)
         return 130
     except RuntimeError as exc:
         if not _peer_failure(exc):

@@ -29,7 +29,7 @@ from fastnas.config import ConfigError
 from fastnas.data import DATASETS
 from fastnas.genotype import Genotype
 from fastnas.primitives import PRIMITIVES, is_primitive
-from fastnas.runs import RunDir, RunError, cli_main, default_run_dir
+from fastnas.runs import RunDir, RunError, cli_main, default_run_dir, sub_run
 from fastnas.sampler import SAMPLERS
 
 
@@ -196,7 +196,7 @@ def _run_search(opts, sampler: str, seed: int, run_dir: Path, log) -> dict:
         log(f"search {sampler} seed {seed}: done ({run_dir})")
     elif (run_dir / "checkpoint.pt").is_file():
         log(f"search {sampler} seed {seed}: resuming {run_dir}")
-        if search.main(["--resume", str(run_dir)] + _only(opts, ("device", "workers"))) != 0:
+        if sub_run(search.main, ["--resume", str(run_dir)] + _only(opts, ("device", "workers"))) != 0:
             raise RunError(f"search {run_dir} failed")
     else:
         log(f"search {sampler} seed {seed} -> {run_dir}")
@@ -213,12 +213,12 @@ def _run_train(opts, genotype: str, seed: int, run_dir: Path, log) -> dict:
     if (run_dir / "report.json").is_file():
         return json.loads((run_dir / "report.json").read_text())
     if (run_dir / "last.pt").is_file():
-        code = train.main(["--resume", str(run_dir)] + _only(opts, ("device", "workers")))
+        code = sub_run(train.main, ["--resume", str(run_dir)] + _only(opts, ("device", "workers")))
     else:
         extra = ["--config", opts["train_config"]] if opts["train_config"] else []
         extra += ["--overwrite"] if run_dir.exists() else []  # cut before its first checkpoint
-        code = train.main(["--genotype", genotype, "--preset", opts["train_preset"], *extra, "--seed", str(seed),
-                           "--no-export", *_common(opts), "--out", str(run_dir)])
+        code = sub_run(train.main, ["--genotype", genotype, "--preset", opts["train_preset"], *extra, "--seed",
+                                    str(seed), "--no-export", *_common(opts), "--out", str(run_dir)])
     if code != 0:
         raise RunError(f"retraining {run_dir} failed")
     report = json.loads((run_dir / "report.json").read_text())

@@ -390,3 +390,15 @@ def test_full_disk_keeps_the_last_checkpoint_and_no_tmp(tmp_path, monkeypatch):
         assert not list(run.path.glob("*.tmp"))
     finally:
         run.close()
+
+
+def test_ctrl_c_inside_a_pipeline_names_the_pipeline(tmp_path, monkeypatch, capsys):
+    """A sub-run's Ctrl-C goes up: the message names the pipeline's directory (the one to resume)."""
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(search, "_main", lambda args: interrupted(args))
+    out = tmp_path / "p"
+    assert pipeline.main(["--out", str(out)]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"interrupted: continue with --resume {out}"], err
