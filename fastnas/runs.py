@@ -39,6 +39,7 @@ RUN_MARKERS = ("config.yaml", "run.log", "metrics.jsonl", "checkpoint.pt", "last
 LOCK_NAME = ".lock"
 _HELD: set[str] = set()  # run directories this process holds the lock of
 _OPEN: list[RunDir] = []  # run directories open in this process, innermost last
+_DEPTH = [0]  # CLI bodies running (guarded): > 1 inside a pipeline or a study
 
 
 def holds_run(path: Path) -> str | None:
@@ -422,6 +423,7 @@ def guarded(body, *args) -> int:
     from fastnas.genotype import GenotypeError
 
     opened = len(_OPEN)
+    _DEPTH[0] += 1
     try:
         return body(*args)
     except (ConfigError, DataError, RunError, GenotypeError) as exc:
@@ -438,7 +440,7 @@ def guarded(body, *args) -> int:
         return 2
     except KeyboardInterrupt:
         line = _interrupt_message(_OPEN[opened:])
-        if opened:  # inside another command (see sub_run): it reports, naming its own directory
+        if _DEPTH[0] > 1:  # inside another command (see sub_run): it reports, naming its own directory
             _close_open(opened, line)
         else:
             _fail(line, opened)
@@ -453,6 +455,7 @@ def guarded(body, *args) -> int:
         _fail(f"error: distributed run failed on rank {rank} (a peer process died or timed out): {first}", opened)
         return 1
     finally:
+        _DEPTH[0] -= 1
         _close_open(opened, None)
 
 
