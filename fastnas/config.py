@@ -54,10 +54,7 @@ class RunOptions:
     dist_timeout: float = opt(300.0, "seconds a collective may wait for the other processes (torchrun)", gt=0)
 
     def validate_run_options(self) -> None:
-        if self.embedded_size < 4:
-            raise ConfigError(f"embedded_size must be >= 4, got {self.embedded_size}")
-        if self.max_steps < 0 or self.workers < 0:
-            raise ConfigError("max_steps and workers must be >= 0")
+        """The cross-field rules of these options (each one's own bounds are in check_fields)."""
         if self.dataset == "embedded":  # generated in memory as uint8: refuse what cannot fit before allocating
             need = 2 * self.embedded_size * 3 * 32 * 32  # training images and a test set as large
             ram = _physical_memory()
@@ -244,8 +241,7 @@ def config_for_resume(cls, saved: dict, cli: dict, keys: tuple[str, ...]):
         if key in cli and cli[key] != getattr(cfg, key, None):
             changes.append(f"{key} {getattr(cfg, key, None)} -> {cli[key]}")
             setattr(cfg, key, _coerce(cls, key, cli[key]))
-    check_fields(cfg)
-    cfg.validate()
+    _validate(cfg)
     cfg._resume_changes = changes
     return cfg
 
@@ -279,9 +275,15 @@ def build_config(cls, presets: dict[str, dict], cli: dict, default_preset: str):
     values.pop("config", None)
     kwargs = {k: _coerce(cls, k, v) for k, v in values.items()}
     cfg = cls(**kwargs)
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg) -> None:
+    """Every field's own bounds first (check_fields), then the config's cross-field rules (validate(),
+    which counts on the bounds holding): the one way a config is checked."""
     check_fields(cfg)
     cfg.validate()
-    return cfg
 
 
 def to_dict(cfg) -> dict:

@@ -69,15 +69,6 @@ class TrainConfig(SGDOptions, RunOptions):
     def validate(self) -> None:
         if not self.genotype:
             raise ConfigError("--genotype is required (a published name, genotype.json, run dir or DARTS string)")
-        for name in ("channels", "layers", "epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.drop_path < 1:
-            raise ConfigError(f"drop_path must be in [0, 1), got {self.drop_path}")
-        if self.cutout < 0:
-            raise ConfigError(f"cutout must be >= 0, got {self.cutout}")
-        if self.latency_batch < 1:
-            raise ConfigError(f"latency_batch must be >= 1, got {self.latency_batch}")
         if self.auxiliary and self.layers < 2:
             raise ConfigError(f"layers={self.layers} leaves no cell for the auxiliary head (after 2/3 of the "
                               "depth): use --layers >= 2 or --no-auxiliary")
