@@ -25,7 +25,11 @@ class RunError(ValueError):
 def default_run_dir(kind: str) -> Path:
     """runs/<kind>-<time>-<pid>: two runs started in the same second by two processes get two names, and
     a name already taken (the same process, the same second) gets a numeric suffix."""
-    base = Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    return _free_path(Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+
+
+def _free_path(base: Path) -> Path:
+    """`base`, or `base-2`, `base-3`, ... : the first that does not exist yet."""
     path, n = base, 1
     while path.exists():
         n += 1
@@ -47,14 +51,14 @@ def holds_run(path: Path) -> str | None:
     return next((m for m in RUN_MARKERS if (path / m).exists()), None)
 
 
-def _proc_start(pid: int) -> str | None:
-    """The process's start time (clock ticks since boot) and state from /proc, where there is one."""
+def _proc_start(pid: int) -> tuple[str, str] | None:
+    """(start time in clock ticks since boot, state) of a process, from /proc where there is one."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
-    return f"{fields[19]}:{fields[0]}"  # starttime:state
+    return fields[19], fields[0]
 
 
 def _pid_alive(pid: int, start: str | None = None) -> bool:
@@ -69,7 +73,7 @@ def _pid_alive(pid: int, start: str | None = None) -> bool:
     now = _proc_start(pid)
     if now is None:
         return True
-    ticks, state = now.split(":")
+    ticks, state = now
     if state in ("Z", "X"):
         return False
     return start is None or start == ticks
@@ -79,7 +83,7 @@ def _acquire_lock(path: Path) -> Path:
     """Create path/.lock holding our pid and host (O_EXCL: of two processes one wins). A lock whose
     process is gone (killed runs leave one) is taken over; a live one is a one-line error."""
     lock = path / LOCK_NAME
-    start = (_proc_start(os.getpid()) or ":").split(":")[0]
+    start = (_proc_start(os.getpid()) or ("",))[0]
     me = f"{os.getpid()} {socket.gethostname()} {start}\n"
     for _ in range(3):
         try:
@@ -121,11 +125,7 @@ def claim_run_dir(path: Path, *, resume: bool = False, overwrite: bool = False) 
             if (path / LOCK_NAME).exists():  # never move a live run aside
                 _acquire_lock(path)
                 _release_lock(path)
-            moved = path.with_name(f"{path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-            n = 1
-            while moved.exists():
-                n += 1
-                moved = moved.with_name(f"{path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+            moved = _free_path(path.with_name(f"{path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}"))
             os.replace(path, moved)
     elif resume and not path.is_dir():
         raise RunError(f"nothing to resume: {path} is not a directory")
