@@ -51,36 +51,31 @@ def _check_args(args) -> None:
             raise cfglib.ConfigError(f"--out {args.out}: folder {parent} is not writable")
 
 
-def _load_exported(path: Path, device):
+def _load_run_files(path: Path, device):
     """A training run's exported model (model.pt2) or final weights (model.safetensors or
-    model_state_dict.pt): the run's config.yaml and genotype.json beside it say what network it is."""
+    model_state_dict.pt): (genotype, config, module or state dict). The run's config.yaml and
+    genotype.json beside the file say what network it is."""
+    import torch
+
     run = path.parent
     for need in ("config.yaml", "genotype.json"):
         if not (run / need).is_file():
             raise RunError(f"{path}: no {need} beside it (evaluate the files of a training run directory)")
     cfg = cfglib.from_dict(TrainConfig, cfglib.load_yaml(run / "config.yaml"))
     genotype = Genotype.from_json(run / "genotype.json")
-    if path.suffix == ".pt2":
-        import torch
-
-        try:
-            net = torch.export.load(str(path)).module().to(device)
-        except Exception as exc:
-            raise RunError(f"cannot load exported model {path}: {type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
-        return net, genotype, cfg, None
     try:
-        if path.suffix == ".safetensors":
+        if path.suffix == ".pt2":
+            model = torch.export.load(str(path)).module().to(device)
+        elif path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            weights = load_file(str(path))
+            model = load_file(str(path))
         else:
-            import torch
-
-            weights = torch.load(path, map_location="cpu", weights_only=True)
+            model = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise RunError(f"cannot read weights {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
-    return weights, genotype, cfg, None
+        raise RunError(f"cannot read {path}: {type(exc).__name__}: "
+                       f"{(str(exc).splitlines() or [''])[0][:200]}") from None
+    return genotype, cfg, model
 
 
 def evaluate_checkpoint(args) -> dict:
@@ -90,58 +85,42 @@ def evaluate_checkpoint(args) -> dict:
         path = path / "best.pt"
     if not path.is_file():
         raise RunError(f"no checkpoint at {path}")
-    if path.suffix == ".pt2" or path.name in WEIGHT_FILES or path.suffix == ".safetensors":
-        return _evaluate_files(path, args)
-    state = load_checkpoint(path)
-    if state.get("kind") not in ("train", "weights"):
-        raise RunError(f"{path} is not a training checkpoint (best.pt or last.pt)")
-    genotype = Genotype.from_dict(state["genotype"])
-    if args.genotype is not None and resolve_genotype(args.genotype) != genotype:
-        raise RunError(f"checkpoint {path} was trained with another genotype than {args.genotype[:60]!r}")
-    cfg = cfglib.from_dict(TrainConfig, state["config"])
-    dataset = args.dataset or cfg.dataset
-    data = load_dataset(dataset, args.data_dir or cfg.data_dir, train=args.split == "train",
-                        embedded_size=cfg.embedded_size, image_size=cfg.image_size, seed=cfg.seed)
-    _check_classes(data, dataset)
-    if data.num_classes != state["num_classes"]:
-        raise RunError(f"{dataset} has {data.num_classes} classes, the checkpoint's model {state['num_classes']}")
     device = resolve_device(args.device)
-    net = EvalNetwork(genotype, cfg.channels, cfg.layers, state["num_classes"], cfg.auxiliary).to(device)
-    try:
-        net.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise RunError(f"checkpoint weights do not fit the genotype's network: {str(exc).splitlines()[0]}") from None
-    mean, std = state.get("normalization", (data.mean, data.std))
-    result = evaluate_model(net, data, mean, std, device, args.batch_size, AMP_DTYPES[args.amp])
-    result.update(checkpoint=str(path), epoch=state.get("epoch"), dataset=dataset, split=args.split,
-                  images=len(data), genotype=str(genotype))
-    return result
-
-
-def _evaluate_files(path: Path, args) -> dict:
-    net_or_weights, genotype, cfg, _ = _load_exported(path, resolve_device(args.device))
+    if path.suffix in (".pt2", ".safetensors") or path.name in WEIGHT_FILES:
+        genotype, cfg, model = _load_run_files(path, device)
+        num_classes, normalization, epoch = None, None, cfg.epochs  # the final weights of the run
+    else:
+        state = load_checkpoint(path)
+        if state.get("kind") not in ("train", "weights"):
+            raise RunError(f"{path} is not a training checkpoint (best.pt or last.pt)")
+        genotype = Genotype.from_dict(state["genotype"])
+        cfg = cfglib.from_dict(TrainConfig, state["config"])
+        model, num_classes = state["model"], state["num_classes"]
+        normalization, epoch = state.get("normalization"), state.get("epoch")
     if args.genotype is not None and resolve_genotype(args.genotype) != genotype:
         raise RunError(f"{path} was trained with another genotype than {args.genotype[:60]!r}")
     dataset = args.dataset or cfg.dataset
-    data = load_dataset(dataset, args.data_dir or cfg.data_dir, train=args.split == "train",
-                        embedded_size=cfg.embedded_size, image_size=cfg.image_size, seed=cfg.seed)
+    kw = dict(embedded_size=cfg.embedded_size, image_size=cfg.image_size, seed=cfg.seed)
+    data = load_dataset(dataset, args.data_dir or cfg.data_dir, train=args.split == "train", **kw)
     _check_classes(data, dataset)
-    device = resolve_device(args.device)
-    if isinstance(net_or_weights, dict):
+    if num_classes is not None and data.num_classes != num_classes:
+        raise RunError(f"{dataset} has {data.num_classes} classes, the checkpoint's model {num_classes}")
+    if isinstance(model, dict):  # weights: build the genotype's network for them
         net = EvalNetwork(genotype, cfg.channels, cfg.layers, data.num_classes, cfg.auxiliary).to(device)
         try:
-            net.load_state_dict(net_or_weights)
+            net.load_state_dict(model)
         except RuntimeError as exc:
             raise RunError(f"weights {path} do not fit the genotype's network: {str(exc).splitlines()[0]}") from None
     else:
-        net = net_or_weights
-    mean, std = data.mean, data.std
-    if dataset == "folder" and args.split == "test":  # the network was trained with the train split's statistics
-        train_data = load_dataset(dataset, args.data_dir or cfg.data_dir, train=True, embedded_size=cfg.embedded_size,
-                                  image_size=cfg.image_size, seed=cfg.seed)
-        mean, std = train_data.mean, train_data.std
+        net = model
+    if normalization is None:  # the network was trained with the train split's statistics
+        stats = data
+        if dataset == "folder" and args.split == "test":
+            stats = load_dataset(dataset, args.data_dir or cfg.data_dir, train=True, **kw)
+        normalization = (stats.mean, stats.std)
+    mean, std = normalization
     result = evaluate_model(net, data, mean, std, device, args.batch_size, AMP_DTYPES[args.amp])
-    result.update(checkpoint=str(path), epoch=cfg.epochs, dataset=dataset, split=args.split, images=len(data),
+    result.update(checkpoint=str(path), epoch=epoch, dataset=dataset, split=args.split, images=len(data),
                   genotype=str(genotype))
     return result
 
