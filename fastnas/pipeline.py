@@ -74,7 +74,8 @@ def _resume_args(args) -> argparse.Namespace:
         saved = json.loads(path.read_text())["options"]
     except (OSError, ValueError, KeyError) as exc:
         raise RunError(f"{path} is unreadable: {exc}") from None
-    given = {k: getattr(args, k) for k in FINGERPRINT if getattr(args, k) != _DEFAULTS[k]}
+    defaults = parse_args([])  # what an option is when not typed
+    given = {k: getattr(args, k) for k in FINGERPRINT if getattr(args, k) != getattr(defaults, k)}
     differ = sorted(k for k, v in given.items() if saved.get(k) != v)
     if differ:
         names = ", ".join(f"--{k.replace('_', '-')} ({saved.get(k)!r} saved, {given[k]!r} given)" for k in differ)
@@ -86,9 +87,6 @@ def _resume_args(args) -> argparse.Namespace:
             raise cfglib.ConfigError(f"--resume: {saved[key]} changed since the pipeline started; restore it "
                                      "or start a new pipeline")
     return merged
-
-
-_DEFAULTS = {**{k: None for k in FINGERPRINT}, "preset": "smoke"}  # what the parser gives when not typed
 
 
 def _check_train_config(args, train_preset: str) -> None:

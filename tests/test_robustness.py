@@ -276,7 +276,7 @@ def test_pipeline_resume_of_a_missing_dir(tmp_path, capsys):
 def test_pipeline_refuses_a_finished_pipeline_and_a_changed_resume(tmp_path, capsys):
     out = tmp_path / "p"
     out.mkdir()
-    (out / "pipeline.json").write_text(json.dumps({"options": {**pipeline._DEFAULTS, "seed": 1}}) + "\n")
+    (out / "pipeline.json").write_text(json.dumps({"options": {**vars(pipeline.parse_args([])), "seed": 1}}) + "\n")
     (out / "report.json").write_text("{}\n")
     before = _files(out)
     _fails(pipeline.main, ["--out", str(out), "--seed", "4"], "already holds a run", capsys)
