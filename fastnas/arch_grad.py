@@ -1,9 +1,11 @@
-"""Architecture-step pieces the search loop calls: extra loss terms and DARTS' second-order gradient.
+"""Architecture-step pieces the search loop calls: extra loss terms and the architecture gradient.
 
 - :class:`DirichletAnchor`: DrNAS' anchor regulariser, ``scale * sum_edges KL(Dir(elu(alpha) + 1) ||
   Dir(1))`` over both cell types (xiangning-chen/DrNAS, DARTS-space/model_search.py ``_get_kl_reg``,
   ``reg_scale`` 1e-3). It pulls the concentrations towards the uniform prior so the Dirichlet does not
   become confident too early.
+- :class:`FirstOrder` / :class:`SecondOrder` (``make_arch_gradient(order)``): one shard's gradient of
+  the architecture loss w.r.t. ``net.arch_parameters()``, at the current weights or DARTS' unrolled ones.
 - :func:`unrolled_arch_grads`: DARTS' second-order architecture gradient (quark0/darts,
   cnn/architect.py): the validation loss at the one-step unrolled weights
   ``w' = w - xi * (momentum * buf + grad_w L_train + weight_decay * w)``, minus ``xi`` times the
@@ -102,3 +104,44 @@ def unrolled_arch_grads(net, samples, train_batch, valid_batch, w_opt, lr: float
         hvp = (p_ - n_) / (2 * R) if p_ is not None else torch.zeros_like(d)
         result.append(d - lr * hvp)
     return result, ce.detach(), logits.detach()
+
+
+class FirstOrder:
+    """The architecture loss's gradient at the current weights (DARTS 1st order, GDAS, PC-DARTS, DrNAS).
+    ``grads(searcher, samples, batch, train_batch, shards)`` -> (gradients / shards, cross-entropy,
+    logits); the loss is scaled by the searcher's architecture GradScaler (fp16)."""
+
+    order = 1
+
+    def grads(self, searcher, samples, batch, train_batch, shards: int):
+        net, (x, y) = searcher.net, batch
+        with searcher.autocast():
+            logits = net(x, samples)  # not through DDP: the search reduces these gradients itself
+            ce = F.cross_entropy(logits.float(), y)
+        loss = searcher.arch_loss(ce)
+        # allow_unused: with fewer than 3 cells there is no normal cell (both alphas exist regardless);
+        # retain_graph: the samples' graph from the alphas serves every shard
+        grads = torch.autograd.grad(searcher.a_scaler.scale(loss / shards), net.arch_parameters(),
+                                    allow_unused=True, retain_graph=shards > 1)
+        return grads, ce, logits
+
+
+class SecondOrder:
+    """DARTS' second order (:func:`unrolled_arch_grads`) on the shard's training batch, at the weight
+    optimizer's current lr (no loss scaling: the config refuses fp16 with it)."""
+
+    order = 2
+
+    def grads(self, searcher, samples, batch, train_batch, shards: int):
+        lr = searcher.w_opt.param_groups[0]["lr"]
+        grads, ce, logits = unrolled_arch_grads(searcher.net, samples, train_batch, batch, searcher.w_opt, lr,
+                                                searcher.arch_loss, searcher.autocast)
+        return [None if g is None else g / shards for g in grads], ce, logits
+
+
+def make_arch_gradient(order: int):
+    """The architecture gradient of `order` 1 or 2."""
+    classes = {1: FirstOrder, 2: SecondOrder}
+    if order not in classes:
+        raise ValueError(f"arch_order must be 1 or 2, got {order!r}")
+    return classes[order]()

@@ -3,11 +3,21 @@
 =============  ===========================================================================  =========
 name           weights per edge                                                              ops run
 =============  ===========================================================================  =========
-gumbel-hard    one-hot sample of softmax(alpha); straight-through soft gradient (GDAS)      sampled
+gumbel-hard    one-hot sample of softmax(alpha); straight-through soft gradient (GDAS)      sampled [#]_
 gumbel-soft    softmax((alpha + g) / tau), g ~ Gumbel(0, 1) (SNAS)                          all
 softmax        softmax(alpha / tau), deterministic (DARTS; tau = 1 unless asked)             all
 dirichlet      w ~ Dirichlet(elu(alpha) + 1), reparameterized (DrNAS; no temperature)        all
 =============  ===========================================================================  =========
+
+.. [#] In the weight step. In the architecture step, ``straight_through="all"`` (the default) also
+   runs every other candidate, forward only, and weights it by its 0 in the one-hot sample: the value
+   is still the sampled network's, and each candidate's weight gets the inner product of the upstream
+   gradient with that candidate's own output, the straight-through Gumbel-softmax estimator as Jang
+   et al. (2017) define it. Nothing flows back through the unsampled candidates (their weight is 0),
+   so they cost a forward pass and keep only their outputs. ``straight_through="sampled"`` is GDAS'
+   shortcut: only the sampled op runs, and every other weight gets the upstream gradient's sum, which
+   says nothing about the op it stands for (it cannot tell a convolution from noise in the
+   known-answer space {sep_conv_3x3, noise}; benchmarks/README.md).
 
 The Gumbel samplers follow a :class:`TemperatureSchedule` (linear 10 -> 0.1 by default, as GDAS);
 softmax uses tau = 1 (DARTS, P-DARTS) unless a temperature is asked for, and Dirichlet takes none
@@ -17,6 +27,7 @@ softmax uses tau = 1 (DARTS, P-DARTS) unless a temperature is asked for, and Dir
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -38,6 +49,9 @@ class Sample:
     hard: bool = False
     # Host copy of index (one device->host transfer per step, made by the supernet).
     index_list: list[int] | None = None
+    # Hard samples: also run the unsampled candidates (forward only) so every weight gets a gradient
+    # from its own op's output (GumbelHardSampler.for_arch_step).
+    score_all: bool = False
 
 
 class Sampler:
@@ -61,6 +75,10 @@ class Sampler:
     def __call__(self, alpha: Tensor) -> Sample:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def for_arch_step(self, sample: Sample) -> Sample:
+        """The sample as the architecture step differentiates it (the weight step uses it as drawn)."""
+        return sample
+
     def expected_probabilities(self, alpha: Tensor) -> Tensor:
         """The distribution's per-edge op probabilities, differentiable in `alpha` (expected costs)."""
         return F.softmax(alpha, dim=-1)
@@ -83,10 +101,26 @@ class GumbelHardSampler(Sampler):
     name = "gumbel-hard"
     hard = True
     temperature = "annealed"
+    STRAIGHT_THROUGH = ("all", "sampled")
+
+    def __init__(self, tau: float = 1.0, generator: torch.Generator | None = None, straight_through: str = "all"):
+        super().__init__(tau, generator)
+        if straight_through not in self.STRAIGHT_THROUGH:
+            raise ValueError(f"straight_through must be one of {', '.join(self.STRAIGHT_THROUGH)}, "
+                             f"got {straight_through!r}")
+        self.straight_through = straight_through
 
     def __call__(self, alpha: Tensor) -> Sample:
         w, index = ops.gumbel_softmax(alpha, self.tau, True, generator=self.generator)
         return Sample(w, index, hard=True)
+
+    def for_arch_step(self, sample: Sample) -> Sample:
+        if self.straight_through == "sampled":
+            return sample
+        return dataclasses.replace(sample, score_all=True)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(tau={self.tau:g}, straight_through={self.straight_through!r})"
 
 
 class GumbelSoftSampler(Sampler):
@@ -140,9 +174,11 @@ def sampler_class(name: str) -> type[Sampler]:
         raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}") from None
 
 
-def make_sampler(name: str = "gumbel-hard", tau: float = 1.0, generator: torch.Generator | None = None) -> Sampler:
-    """Build a sampler by name: 'gumbel-hard' (default), 'gumbel-soft', 'softmax', 'dirichlet'."""
-    return sampler_class(name)(tau=tau, generator=generator)
+def make_sampler(name: str = "gumbel-hard", tau: float = 1.0, generator: torch.Generator | None = None,
+                 **options) -> Sampler:
+    """Build a sampler by name: 'gumbel-hard' (default), 'gumbel-soft', 'softmax', 'dirichlet'.
+    `options` go to the sampler's class (gumbel-hard: ``straight_through``)."""
+    return sampler_class(name)(tau=tau, generator=generator, **options)
 
 
 @dataclass

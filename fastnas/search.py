@@ -80,6 +80,11 @@ class SearchConfig(SGDOptions, RunOptions):
                             "stays at tau_start)", choices=["linear", "exponential", "constant"])
     arch_resample: bool = opt(True, "draw a fresh architecture for the architecture step (GDAS: a sample per "
                                     "forward pass); off: score the path the weight step just trained")
+    straight_through: str = opt("all", "gumbel-hard's architecture gradient: all (every candidate runs in the "
+                                "architecture step, weighted by the one-hot sample: each op is scored by its "
+                                "own output, Jang et al.'s estimator) or sampled (GDAS' shortcut: only the "
+                                "sampled op runs; cheaper, but blind to what the others compute)",
+                                choices=["all", "sampled"])
     max_skip: int = opt(2, "most skip connections in the derived normal cell (-1: no cap)", ge=-1)
     # method mechanisms (DARTS, PC-DARTS, DrNAS)
     arch_order: int = opt(1, "architecture gradient: 1 first order, 2 DARTS' second order (one-step unrolled "
@@ -246,8 +251,9 @@ PRESETS: dict[str, dict] = {
                 "partial_channels": [4], "edge_norm": True},
     # GDAS (D-X-Y/AutoDL-Projects, GDAS on the DARTS space): hard Gumbel, tau 10 -> 0.1 over 240 epochs,
     # SGD 0.025 -> 0.001, batch 64, Adam 3e-4. Add --fixed-reduction gdas_frc for its FRC setting.
+    # GDAS runs only the sampled op in the architecture step too (straight_through "sampled").
     "gdas": {**_ONE_STAGE, "epochs": [240], "warmup_epochs": [0], "batch_size": 64, "lr": 0.025, "lr_min": 0.001,
-             "sampler": "gumbel-hard", "arch_lr": 3e-4, "arch_grad_clip": 0.0},
+             "sampler": "gumbel-hard", "arch_lr": 3e-4, "arch_grad_clip": 0.0, "straight_through": "sampled"},
     # DrNAS (xiangning-chen/DrNAS DARTS-space/train_search.py, progressive): 20 cells, C=36, two stages of 25
     # epochs (10 warm-up), partial channels K 6 -> 4, ops 8 -> 4, batch 64, SGD 0.1, Adam 6e-4, the
     # Dirichlet sampler with the KL anchor (reg_scale 1e-3).
@@ -318,8 +324,9 @@ class Searcher:
         # alike everywhere (the architecture parameters are kept identical).
         self.sampler_generator = torch.Generator(device).manual_seed(cfg.seed + 12345)
         self.schedule = temperature_schedule(cfg)
+        options = {"straight_through": cfg.straight_through} if cfg.sampler == "gumbel-hard" else {}
         self.sampler = make_sampler(cfg.sampler, tau=self.schedule.start if self.schedule else 1.0,
-                                    generator=self.sampler_generator)
+                                    generator=self.sampler_generator, **options)
         self.stage, self.epoch = 0, 0  # next epoch to run
         self.edge_primitives = None
         self.stage_genotypes: list[dict] = []
@@ -333,6 +340,7 @@ class Searcher:
         self.penalty = make_penalty(cfg, image_size, self.num_classes, cfg.primitives)
         # everything added to the architecture's cross-entropy: the budget, DrNAS' anchor
         self.arch_terms = [self.penalty, *arch_grad.arch_terms(cfg)]
+        self.arch_gradient = arch_grad.make_arch_gradient(cfg.arch_order)
 
     # ----------------------------------------------------------------- building
     def build_stage(self, stage: int) -> None:
@@ -423,26 +431,15 @@ class Searcher:
         return loss
 
     def arch_step(self, samples, batches, train_batches=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Adam on the architecture parameters, averaged over shards and processes: first order (only
-        their gradients), or DARTS' second order on the shard's training batch (`arch_order` 2)."""
+        """Adam on the architecture parameters, gradients (first order, or DARTS' second order on the
+        shard's training batch: ``self.arch_gradient``) averaged over shards and processes."""
         net, A = self.net, len(batches)
         params = net.arch_parameters()
         total = [torch.zeros_like(p) for p in params]
         loss_sum = correct = 0
         for v, (x, y) in enumerate(batches):
-            if self.cfg.arch_order == 2:
-                lr = self.w_opt.param_groups[0]["lr"]
-                grads, ce, logits = arch_grad.unrolled_arch_grads(
-                    net, samples, train_batches[v], (x, y), self.w_opt, lr, self.arch_loss, self.autocast)
-                grads = [None if g is None else g / A for g in grads]
-            else:
-                with self.autocast():
-                    logits = net(x, samples)  # not through DDP: these gradients are reduced below
-                    ce = F.cross_entropy(logits.float(), y)
-                loss = self.arch_loss(ce)
-                # allow_unused: with fewer than 3 cells there is no normal cell (both alphas exist regardless)
-                grads = torch.autograd.grad(self.a_scaler.scale(loss / A), params, allow_unused=True,
-                                            retain_graph=A > 1)
+            train_batch = None if train_batches is None else train_batches[v]  # the second order's
+            grads, ce, logits = self.arch_gradient.grads(self, samples, (x, y), train_batch, A)
             for t, g in zip(total, grads, strict=True):
                 if g is not None:
                     t += g
@@ -490,6 +487,7 @@ class Searcher:
             if not warm:
                 if cfg.arch_resample:  # GDAS: a fresh architecture for every forward pass
                     samples = self.net.sample(self.sampler)
+                samples = {cell: self.sampler.for_arch_step(s) for cell, s in samples.items()}
                 batches = [self.batch(st, g) for st, g in zip(self.valid_streams, gens, strict=True)]
                 loss, correct = self.arch_step(samples, batches, train_batches)
                 sums[2] += loss
@@ -743,7 +741,10 @@ def _main(args: dict) -> int:
         state = load_checkpoint(run_path / "checkpoint.pt")
         if state.get("kind") != "search":
             raise RunError(f"{run_path}: checkpoint is not from a search run")
-        cfg = cfglib.config_for_resume(SearchConfig, state["config"], args,
+        saved = dict(state["config"])
+        # Runs saved before the option existed computed GDAS' estimator: they go on computing it.
+        saved.setdefault("straight_through", "sampled")
+        cfg = cfglib.config_for_resume(SearchConfig, saved, args,
                                        ("device", "workers", "dist_timeout", "accumulate"))
     else:
         cfg = cfglib.build_config(SearchConfig, PRESETS, args, "progressive")

@@ -3,8 +3,8 @@ parameters, skip-connection dropout, and genotype derivation and pruning.
 
 With 8 primitives, C=16 and 8 layers it is the DARTS search network weight for weight. Differences
 that matter for the search: every edge has its own candidate list (a stage prunes edges
-independently), the per-edge weights come from a :mod:`fastnas.sampler` sample, and under
-``gumbel-hard`` only the sampled op of each edge runs.
+independently), the per-edge weights come from a :mod:`fastnas.sampler` sample, and a hard sample
+(``gumbel-hard``) runs only the sampled op of each edge.
 """
 
 from __future__ import annotations
@@ -64,7 +64,9 @@ class MixedOp(nn.Module):
     Soft samples: ``sum_k w_k * op_k(x)`` through the fused :func:`fastnas.ops.weighted_sum`.
     Hard samples (GDAS): only op ``i`` runs and the output is ``w_i * op_i(x) + sum_{k != i} w_k``;
     the one-hot w makes that op_i(x) in value, while the straight-through gradient reaches every
-    candidate's architecture parameter.
+    candidate's architecture parameter. With ``score_all`` the other candidates run too, without
+    autograd, and enter as ``w_k * op_k(x)``: the same value, and ``dL/dw_k = <dL/dy, op_k(x)>`` for
+    every k (nothing flows back through them: their w_k is 0).
     """
 
     def __init__(self, C: int, stride: int, primitives: Sequence[str], partial_channels: int = 1):
@@ -91,11 +93,20 @@ class MixedOp(nn.Module):
             y = F.dropout(y, self.skip_dropout, self.training)
         return y
 
-    def forward(self, x: Tensor, weights: Tensor, index: int | None = None) -> Tensor:
+    def forward(self, x: Tensor, weights: Tensor, index: int | None = None, score_all: bool = False) -> Tensor:
         if self.k > 1:
             cut = x.shape[1] // self.k
             x, bypass = x[:, :cut], x[:, cut:]
-        if index is not None:
+        if index is not None and score_all:
+            outs = []
+            for k in range(len(self.candidates)):
+                if k == index:
+                    outs.append(self.run(k, x))
+                else:
+                    with torch.no_grad():
+                        outs.append(self.run(k, x))
+            y = _combine(weights, outs)
+        elif index is not None:
             chosen = weights[index]
             y = self.run(index, x) * chosen + (weights.sum() - chosen)
         else:
@@ -140,7 +151,7 @@ class SearchCell(nn.Module):
                 e = offset + j
                 if hard is not None and hard[e] < 0:  # an edge the derived cell drops
                     continue
-                y = self.edges[e](h, sample.weights[e], None if hard is None else hard[e])
+                y = self.edges[e](h, sample.weights[e], None if hard is None else hard[e], sample.score_all)
                 if edge_weights is not None:
                     y = y * edge_weights[e].to(y.dtype)
                 s = y if s is None else s + y

@@ -2,6 +2,7 @@
 clipping, logging, cutout, the derived cell's evaluation, and architecture gradients of every sampler
 against finite differences."""
 
+import dataclasses
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from fastnas.genotype import Genotype
 from fastnas.runs import RunDir
 from fastnas.sampler import Sample, make_sampler
 from fastnas.search import PRESETS, SearchConfig, Searcher, evaluate_derived, temperature_schedule
-from fastnas.supernet import SuperNet, cell_stats, derive_genotype
+from fastnas.supernet import MixedOp, SuperNet, cell_stats, derive_genotype
 
 
 def config(**kw) -> SearchConfig:
@@ -72,6 +73,33 @@ def test_architecture_step_draws_a_fresh_sample(tmp_path, monkeypatch, resample,
     monkeypatch.setattr(SuperNet, "sample", lambda self, sampler: calls.append(1) or original(self, sampler))
     s.train_epoch(0, 0)
     assert len(calls) == per_step * 2  # 2 steps
+
+
+@pytest.mark.parametrize("straight_through, per_edge", [("all", 8), ("sampled", 1)])
+def test_hard_sampler_architecture_step_runs_the_ops_its_estimator_needs(tmp_path, monkeypatch, straight_through,
+                                                                        per_edge):
+    """gumbel-hard: the weight step runs the sampled op of each edge; the architecture step runs every
+    candidate ('all', the default) or only the sampled one (GDAS, the `gdas` preset)."""
+    s = tiny(tmp_path, straight_through=straight_through, epochs=[1], warmup_epochs=[0], max_steps=1)
+    s.build_stage(0)
+    calls = []
+    for m in s.net.modules():
+        if isinstance(m, MixedOp):
+            for op in m.candidates:
+                op.register_forward_hook(lambda mod, inp, out: calls.append(mod))
+    phases = []
+    original = Searcher.arch_step
+
+    def arch_step(self, *a, **k):
+        phases.append(len(calls))
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(Searcher, "arch_step", arch_step)
+    s.train_epoch(0, 0)
+    edges = len(s.net.cells) * 14
+    assert phases == [edges]  # the weight step: one op per edge
+    assert len(calls) - phases[0] == per_edge * edges
+    assert config(preset="gdas").straight_through == "sampled" and config().straight_through == "all"
 
 
 # ----------------------------------------------------------------- pruning keeps 'none'
@@ -235,29 +263,40 @@ def test_gumbel_sampler_with_given_noise_matches_the_soft_formula():
     torch.testing.assert_close(w, F.softmax((alpha + gumbel) / 0.5, -1))
 
 
-def test_hard_sampler_straight_through_gradient_matches_finite_differences():
-    """GDAS: the forward runs one op per edge; the alpha gradient is dL/dw (taken at the one-hot w, the
-    unsampled ops entering as w_k * 1) through the soft probabilities' Jacobian. Both factors are
-    checked by finite differences: the loss in w with the path fixed, and softmax((alpha + g) / tau)."""
+@pytest.mark.parametrize("straight_through", ["sampled", "all"])
+def test_hard_sampler_straight_through_gradient_matches_finite_differences(straight_through):
+    """The alpha gradient is dL/dw, taken at the one-hot w, through the soft probabilities' Jacobian.
+    'sampled' (GDAS): the forward runs one op per edge, the unsampled ops entering as w_k * 1. 'all'
+    (Jang et al.): every op runs, weighted by w, so dL/dw_k = <upstream gradient, op_k output>; the
+    value is still the sampled network's. Both factors are checked by finite differences: the loss in w
+    with the path fixed, and softmax((alpha + g) / tau)."""
     from fastnas import ops
 
     net, x, y = _tiny_net()
     tau = 0.8
+    sampler = make_sampler("gumbel-hard", tau=tau, straight_through=straight_through)
     noise = {c: -torch.log(-torch.log(torch.rand(a.shape, dtype=torch.float64)))
              for c, a in net.named_arch_parameters().items()}
-    samples = {}
-    for c, a in net.named_arch_parameters().items():
-        w, index = ops.gumbel_softmax(a, tau, True, noise=noise[c])
-        samples[c] = Sample(w, index, hard=True, index_list=index.tolist())
-    grads = torch.autograd.grad(F.cross_entropy(net(x, samples), y), net.arch_parameters())
-    for (c, a), g in zip(net.named_arch_parameters().items(), grads, strict=True):
-        hard = samples[c]
-        w0 = hard.weights.detach().clone().requires_grad_(False)
+    def draw():
+        drawn = {}
+        for c, a in net.named_arch_parameters().items():
+            w, index = ops.gumbel_softmax(a, tau, True, noise=noise[c])
+            drawn[c] = Sample(w, index, hard=True, index_list=index.tolist())
+        return drawn
 
-        def loss_in_w(w, c=c, hard=hard):
-            s = dict(samples)
-            s = {k: Sample(v.weights.detach(), v.index, True, v.index_list) for k, v in s.items()}
-            s[c] = Sample(w, hard.index, True, hard.index_list)
+    drawn = draw()
+    samples = {c: sampler.for_arch_step(s) for c, s in drawn.items()}
+    assert all(s.hard and s.score_all == (straight_through == "all") for s in samples.values())
+    logits = net(x, samples)
+    torch.testing.assert_close(logits, net(x, drawn))  # the value is the sampled network's either way
+    grads = torch.autograd.grad(F.cross_entropy(logits, y), net.arch_parameters())
+    for (c, a), g in zip(net.named_arch_parameters().items(), grads, strict=True):
+        arch = samples[c]
+        w0 = arch.weights.detach().clone().requires_grad_(False)
+
+        def loss_in_w(w, c=c, arch=arch):
+            s = {k: dataclasses.replace(v, weights=v.weights.detach()) for k, v in samples.items()}
+            s[c] = dataclasses.replace(arch, weights=w)
             return float(F.cross_entropy(net(x, s), y))
 
         dl_dw = _fd(lambda w0=w0, f=loss_in_w: f(w0), w0)
@@ -265,7 +304,17 @@ def test_hard_sampler_straight_through_gradient_matches_finite_differences():
         # d soft_k / d alpha_j = soft_k (delta_kj - soft_j) / tau, per edge
         expected = soft * (dl_dw - (dl_dw * soft).sum(-1, keepdim=True)) / tau
         torch.testing.assert_close(g, expected, atol=1e-7, rtol=1e-5)
-        assert torch.equal(hard.index, (a.detach() + noise[c]).argmax(-1))
+        assert torch.equal(arch.index, (a.detach() + noise[c]).argmax(-1))
+    if straight_through == "all":  # every op's own output scores it: the gradients differ from GDAS'
+        gdas = make_sampler("gumbel-hard", tau=tau, straight_through="sampled")
+        gdas_samples = {c: gdas.for_arch_step(s) for c, s in draw().items()}
+        g_sampled = torch.autograd.grad(F.cross_entropy(net(x, gdas_samples), y), net.arch_parameters())
+        assert not torch.allclose(g_sampled[0], grads[0])
+
+
+def test_hard_sampler_straight_through_option_is_checked():
+    with pytest.raises(ValueError, match="straight_through"):
+        make_sampler("gumbel-hard", straight_through="some")
 
 
 def test_dirichlet_pathwise_gradient_matches_the_expectation():

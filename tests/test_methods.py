@@ -144,6 +144,14 @@ def test_second_order_gradient_matches_finite_differences():
         assert abs(first_order - fd) > 10 * abs(grads[1][e, k].item() - fd)  # the second-order term matters
 
 
+def test_arch_gradient_objects():
+    from fastnas.arch_grad import FirstOrder, SecondOrder, make_arch_gradient
+
+    assert isinstance(make_arch_gradient(1), FirstOrder) and isinstance(make_arch_gradient(2), SecondOrder)
+    with pytest.raises(ValueError, match="arch_order must be 1 or 2"):
+        make_arch_gradient(3)
+
+
 def _kl_to_uniform(c):
     c0 = c.sum(-1)
     K = c.shape[-1]
