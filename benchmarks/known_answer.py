@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from test_known_answer import ARGS  # noqa: E402  (the test's budget, not a copy of it)
+from test_known_answer import ARGS, edges_preferring_convolution  # noqa: E402  (the test's budget and count)
 
 from fastnas.search import main as search  # noqa: E402
 
@@ -48,11 +48,8 @@ def run(sampler: str, straight_through: str | None, seed: int, epochs: int | Non
             m = json.loads(line)
             if "op_probabilities" not in m:
                 continue
-            entry = m["op_probabilities"]["normal"]
-            prefers = sum(p[names.index("sep_conv_3x3")] > p[names.index("noise")]
-                          for names, p in zip(entry["primitives"], entry["p"], strict=True))
             epochs_log.append({"epoch": m["epoch"], "train_acc": m["train_acc"], "valid_acc": m["valid_acc"],
-                               "prefers_conv": prefers})
+                               "prefers_conv": edges_preferring_convolution(m)})
     return {"sampler": sampler, "straight_through": straight_through, "seed": seed, "seconds": seconds,
             "prefers_conv": epochs_log[-1]["prefers_conv"], "epochs": epochs_log}
 

@@ -111,8 +111,6 @@ class FirstOrder:
     ``grads(searcher, samples, batch, train_batch, shards)`` -> (gradients / shards, cross-entropy,
     logits); the loss is scaled by the searcher's architecture GradScaler (fp16)."""
 
-    order = 1
-
     def grads(self, searcher, samples, batch, train_batch, shards: int):
         net, (x, y) = searcher.net, batch
         with searcher.autocast():
@@ -129,8 +127,6 @@ class FirstOrder:
 class SecondOrder:
     """DARTS' second order (:func:`unrolled_arch_grads`) on the shard's training batch, at the weight
     optimizer's current lr (no loss scaling: the config refuses fp16 with it)."""
-
-    order = 2
 
     def grads(self, searcher, samples, batch, train_batch, shards: int):
         lr = searcher.w_opt.param_groups[0]["lr"]

@@ -62,6 +62,8 @@ class Sampler:
     # "annealed": a temperature schedule by default (Gumbel); "optional": tau = 1 unless the user sets
     # one (softmax); "none": no temperature at all (Dirichlet).
     temperature = "optional"
+    # Search options (SearchConfig fields) this sampler's constructor takes as keywords.
+    options: tuple[str, ...] = ()
 
     def __init__(self, tau: float = 1.0, generator: torch.Generator | None = None):
         self.generator = generator
@@ -101,6 +103,7 @@ class GumbelHardSampler(Sampler):
     name = "gumbel-hard"
     hard = True
     temperature = "annealed"
+    options = ("straight_through",)
     STRAIGHT_THROUGH = ("all", "sampled")
 
     def __init__(self, tau: float = 1.0, generator: torch.Generator | None = None, straight_through: str = "all"):

@@ -324,7 +324,7 @@ class Searcher:
         # alike everywhere (the architecture parameters are kept identical).
         self.sampler_generator = torch.Generator(device).manual_seed(cfg.seed + 12345)
         self.schedule = temperature_schedule(cfg)
-        options = {"straight_through": cfg.straight_through} if cfg.sampler == "gumbel-hard" else {}
+        options = {name: getattr(cfg, name) for name in sampler_class(cfg.sampler).options}
         self.sampler = make_sampler(cfg.sampler, tau=self.schedule.start if self.schedule else 1.0,
                                     generator=self.sampler_generator, **options)
         self.stage, self.epoch = 0, 0  # next epoch to run

@@ -41,12 +41,17 @@ SAMPLERS = [
 ]
 
 
+def edges_preferring_convolution(metrics: dict) -> int:
+    """Normal-cell edges whose sep_conv_3x3 probability beats noise's, from one epoch's metrics line."""
+    entry = metrics["op_probabilities"]["normal"]
+    return sum(p[names.index("sep_conv_3x3")] > p[names.index("noise")]
+               for names, p in zip(entry["primitives"], entry["p"], strict=True))
+
+
 @pytest.mark.parametrize("sampler, bar", SAMPLERS)
 def test_search_prefers_convolution_over_noise(tmp_path, sampler, bar):
     out = tmp_path / sampler
     assert main([*ARGS, "--sampler", sampler, "--out", str(out)]) == 0
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    entry = last["op_probabilities"]["normal"]
-    prefers = sum(p[names.index("sep_conv_3x3")] > p[names.index("noise")]
-                  for names, p in zip(entry["primitives"], entry["p"], strict=True))
+    prefers = edges_preferring_convolution(last)
     assert prefers >= bar, f"{sampler}: sep_conv_3x3 preferred on only {prefers} of 14 normal edges"
