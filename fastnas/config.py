@@ -191,7 +191,7 @@ def _coerce(cls, name: str, value):
         if base is float and isinstance(v, int) and not isinstance(v, bool):
             return float(v)
         if base is str and isinstance(v, (int, float)) and not isinstance(v, bool):
-            return str(v)  # e.g. a budget written as a YAML number
+            v = str(v)  # e.g. a budget written as a YAML number; still checked against the choices below
         if not isinstance(v, base) or isinstance(v, bool) and base is not bool:
             raise ConfigError(f"option {name!r}: expected {base.__name__}, got {v!r}")
         # argparse checks choices on the command line; values from a YAML file are checked here

@@ -88,6 +88,9 @@ def test_train_rejects_bad_values(argv, fragment, tmp_path, capsys):
 BAD_YAML = [
     ("sampler: foo\n", "'sampler': 'foo' is not one of"),
     ("amp: fp8\n", "'amp': 'fp8' is not one of"),
+    ("straight_through: nonsense\n", "'straight_through': 'nonsense' is not one of all, sampled"),
+    # a YAML number for a string option with choices is checked against them too (it once slipped through)
+    ("straight_through: 3.5\n", "'straight_through': '3.5' is not one of all, sampled"),
     ("lr: .nan\n", "'lr' must be a finite number"),
     ("momentum: -1\n", "'momentum' must be >= 0"),
     ("- a\n- b\n", "must hold a mapping"),
