@@ -733,6 +733,15 @@ def main(argv=None) -> int:
     return cli_main(parse_args, _main, argv)
 
 
+def resume_config(saved: dict, cli: dict) -> SearchConfig:
+    """The config of a search being resumed: its saved options, of which the command line may change
+    only where and how wide it runs. Options added since the run was saved take the value that goes on
+    computing what the run computed."""
+    saved = dict(saved)
+    saved.setdefault("straight_through", "sampled")  # runs before the option computed GDAS' estimator
+    return cfglib.config_for_resume(SearchConfig, saved, cli, ("device", "workers", "dist_timeout", "accumulate"))
+
+
 def _main(args: dict) -> int:
     resume = args.pop("resume", None)
     overwrite = bool(args.get("overwrite")) if resume else bool(args.pop("overwrite", False))
@@ -741,11 +750,7 @@ def _main(args: dict) -> int:
         state = load_checkpoint(run_path / "checkpoint.pt")
         if state.get("kind") != "search":
             raise RunError(f"{run_path}: checkpoint is not from a search run")
-        saved = dict(state["config"])
-        # Runs saved before the option existed computed GDAS' estimator: they go on computing it.
-        saved.setdefault("straight_through", "sampled")
-        cfg = cfglib.config_for_resume(SearchConfig, saved, args,
-                                       ("device", "workers", "dist_timeout", "accumulate"))
+        cfg = resume_config(state["config"], args)
     else:
         cfg = cfglib.build_config(SearchConfig, PRESETS, args, "progressive")
         run_path = Path(cfg.out) if cfg.out else default_run_dir("search")

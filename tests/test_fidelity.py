@@ -14,7 +14,7 @@ from fastnas.data import ImageData, cutout
 from fastnas.genotype import Genotype
 from fastnas.runs import RunDir
 from fastnas.sampler import Sample, make_sampler
-from fastnas.search import PRESETS, SearchConfig, Searcher, evaluate_derived, temperature_schedule
+from fastnas.search import PRESETS, SearchConfig, Searcher, evaluate_derived, resume_config, temperature_schedule
 from fastnas.supernet import MixedOp, SuperNet, cell_stats, derive_genotype
 
 
@@ -100,6 +100,14 @@ def test_hard_sampler_architecture_step_runs_the_ops_its_estimator_needs(tmp_pat
     assert phases == [edges]  # the weight step: one op per edge
     assert len(calls) - phases[0] == per_edge * edges
     assert config(preset="gdas").straight_through == "sampled" and config().straight_through == "all"
+
+
+def test_a_run_saved_before_straight_through_resumes_with_the_estimator_it_computed():
+    saved = cfglib.to_dict(config())
+    assert resume_config(saved, {"workers": 1}).straight_through == "all"
+    del saved["straight_through"]  # a checkpoint from before the option: GDAS' estimator
+    cfg = resume_config(saved, {"workers": 1})
+    assert cfg.straight_through == "sampled" and cfg.workers == 1
 
 
 # ----------------------------------------------------------------- pruning keeps 'none'
