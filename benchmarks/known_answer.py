@@ -30,6 +30,11 @@ from test_known_answer import edges_preferring_convolution, search_args  # noqa:
 from fastnas.search import main as search  # noqa: E402
 
 
+def option(argv: list[str], flag: str) -> str:
+    """The value a search command line gives `flag` (a single-valued option): the last one wins."""
+    return argv[max(i for i, a in enumerate(argv) if a == flag) + 1]
+
+
 def run(sampler: str, straight_through: str | None, seed: int, epochs: int | None, warmup: int | None,
         overrides: list[str]) -> dict:
     extra = ["--seed", str(seed), *overrides]
@@ -54,9 +59,8 @@ def run(sampler: str, straight_through: str | None, seed: int, epochs: int | Non
                 continue
             epochs_log.append({"epoch": m["epoch"], "train_acc": m["train_acc"], "valid_acc": m["valid_acc"],
                                "prefers_conv": edges_preferring_convolution(m)})
-    last = {k: argv[len(argv) - 1 - argv[::-1].index(k) + 1] for k in ("--epochs", "--warmup-epochs")}
     return {"sampler": sampler, "straight_through": straight_through, "seed": seed, "seconds": seconds,
-            "epochs_total": int(last["--epochs"]), "warmup_epochs": int(last["--warmup-epochs"]),
+            "epochs_total": int(option(argv, "--epochs")), "warmup_epochs": int(option(argv, "--warmup-epochs")),
             "search_args": argv,
             "prefers_conv": epochs_log[-1]["prefers_conv"], "epochs": epochs_log}
 
