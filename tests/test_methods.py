@@ -120,7 +120,7 @@ def test_second_order_gradient_matches_finite_differences():
                 if buf is not None:
                     step = step + 0.9 * buf
                 p.sub_(lr * step)
-        val = float(F.cross_entropy(net(xv, samples()), yv))
+        val = float(F.cross_entropy(net(xv, samples()), yv).detach())
         with torch.no_grad():
             for n, p in weights.items():
                 p.copy_(saved[n])
