@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from test_known_answer import edges_preferring_convolution, search_args  # noqa: E402  (the test's budget and count)
 
+from fastnas.sampler import GumbelHardSampler  # noqa: E402
 from fastnas.search import main as search  # noqa: E402
 
 
@@ -68,7 +69,7 @@ def run(sampler: str, straight_through: str | None, seed: int, epochs: int | Non
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--samplers", nargs="+", default=["softmax", "dirichlet", "gumbel-soft", "gumbel-hard"])
-    p.add_argument("--straight-through", nargs="+", default=["all"], choices=["all", "sampled"],
+    p.add_argument("--straight-through", nargs="+", default=["all"], choices=GumbelHardSampler.STRAIGHT_THROUGH,
                    help="gumbel-hard's estimators to run (the other samplers have none)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--epochs", type=int, default=None, help="epochs of the search (default: the test's)")

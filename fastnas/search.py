@@ -45,7 +45,7 @@ from fastnas.runs import (
     seed_everything,
     set_rng_state,
 )
-from fastnas.sampler import SAMPLERS, Sample, TemperatureSchedule, make_sampler, sampler_class
+from fastnas.sampler import SAMPLERS, GumbelHardSampler, Sample, TemperatureSchedule, make_sampler, sampler_class
 from fastnas.supernet import SuperNet, cell_stats, derive_genotype, genotypes_by_skip_count, prune_primitives
 
 CHECKPOINT_VERSION = 1
@@ -84,7 +84,7 @@ class SearchConfig(SGDOptions, RunOptions):
                                 "architecture step, weighted by the one-hot sample: each op is scored by its "
                                 "own output, Jang et al.'s estimator) or sampled (GDAS' shortcut: only the "
                                 "sampled op runs; cheaper, but blind to what the others compute)",
-                                choices=["all", "sampled"])
+                                choices=list(GumbelHardSampler.STRAIGHT_THROUGH))
     max_skip: int = opt(2, "most skip connections in the derived normal cell (-1: no cap)", ge=-1)
     # method mechanisms (DARTS, PC-DARTS, DrNAS)
     arch_order: int = opt(1, "architecture gradient: 1 first order, 2 DARTS' second order (one-step unrolled "
