@@ -18,11 +18,10 @@ import random
 import sys
 from pathlib import Path
 
-from fastnas import search, train
+from fastnas.cli import search, train
 from fastnas.cost import CostModel, EvalShape, cheapest_cost, human
-from fastnas.genotype import Genotype
-from fastnas.primitives import PRIMITIVES
-from fastnas.study import random_genotype
+from fastnas.space.genotype import Genotype, random_genotype
+from fastnas.space.primitives import PRIMITIVES
 
 
 def _search(out: Path, seed: int, preset: str, workers: int, extra: list[str]) -> dict:

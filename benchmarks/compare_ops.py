@@ -17,12 +17,9 @@ import os
 import statistics
 import sys
 
+import harness  # noqa: E402,F401  (this checkout first on sys.path)
 import torch
 import torch.utils.benchmark as tb
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-# Run from a checkout: import this working tree's fastnas, whatever else is installed.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cases import (  # noqa: E402
     GUMBEL_IMPLS,
     GUMBEL_SHAPES,

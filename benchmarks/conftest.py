@@ -1,5 +1,6 @@
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(__file__))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# pytest benchmarks/: `cases` and `harness` import as the scripts do (harness puts this checkout first).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402,F401

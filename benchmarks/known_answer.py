@@ -5,8 +5,8 @@ how many of the 14 normal-cell edges prefer the convolution, and the supernet's 
     python benchmarks/known_answer.py --seeds 0 1 2 --out benchmarks/results/cpu/known_answer
     python benchmarks/known_answer.py --samplers softmax --extra "--embedded-size 1000 --batch-size 32"
 
-Each run calls ``fastnas.search.main`` in this process with the test's command line for that sampler
-(``search_args`` in tests/test_known_answer.py); ``--epochs``, ``--warmup-epochs`` and ``--extra``
+Each run calls ``fastnas.cli.search.main`` in this process with the test's command line for that sampler
+(``fastnas.search.known_answer.search_args``); ``--epochs``, ``--warmup-epochs`` and ``--extra``
 override it. Results go to known_answer.json and known_answer.md.
 """
 
@@ -23,12 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import harness  # noqa: F401  (this checkout first on sys.path)
 
-from test_known_answer import edges_preferring_convolution, search_args  # noqa: E402  (the test's budget and count)
-
-from fastnas.sampler import GumbelHardSampler  # noqa: E402
-from fastnas.search import main as search  # noqa: E402
+from fastnas.cli.search import main as search
+from fastnas.search.known_answer import edges_preferring_convolution, search_args
+from fastnas.space.sampler import GumbelHardSampler
 
 
 def option(argv: list[str], flag: str) -> str:

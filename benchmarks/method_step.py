@@ -8,24 +8,22 @@ architecture step per iteration) on one shared shape, C=16 and 8 cells, so the n
 methods rather than their network sizes. A partial-channel K that does not divide C is replaced by
 the preset's next one that does (DrNAS: K=6 -> 4 at C=16). Each preset runs in its own process, so its
 peak RSS (CPU) or peak allocated memory (CUDA) is its own. The published search cost of each method
-(DESIGN.md, GPU-days on CIFAR-10) is printed beside it.
+(its paper's GPU-days on CIFAR-10) is printed beside it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import harness  # noqa: E402  (first: this checkout on sys.path)
 
 PRESETS = ("darts", "darts2", "pcdarts", "gdas", "drnas", "pdarts", "progressive")
-PUBLISHED = {"darts": "1.5 (1st order)", "darts2": "4 (2nd order; 1.0 in DESIGN.md's table)",
+PUBLISHED = {"darts": "1.5 (1st order)", "darts2": "4 (2nd order, the DARTS paper's Table 1)",
              "pcdarts": "0.1 (1080Ti)", "gdas": "0.21 (V100)", "drnas": "0.6", "pdarts": "0.3 (P100)",
              "progressive": "-"}
 
@@ -33,8 +31,8 @@ PUBLISHED = {"darts": "1.5 (1st order)", "darts2": "4 (2nd order; 1.0 in DESIGN.
 def worker(name: str, batch: int, channels: int, cells: int, iters: int, device: str) -> dict:
     import torch
 
-    from fastnas import config as cfglib
-    from fastnas.runs import RunDir
+    from fastnas.infra import config as cfglib
+    from fastnas.infra.rundir import RunDir
     from fastnas.search import PRESETS as P
     from fastnas.search import SearchConfig, Searcher
 
@@ -79,18 +77,15 @@ def main(argv=None) -> int:
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
-        print(json.dumps(worker(a.worker, a.batch, a.channels, a.cells, a.iters, a.device)))
-        return 0
+        return harness.worker_reply(worker(a.worker, a.batch, a.channels, a.cells, a.iters, a.device))
     rows = []
     for name in a.presets:
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--batch", str(a.batch), "--channels",
-               str(a.channels), "--cells", str(a.cells), "--iters", str(a.iters), "--device", a.device]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0:
-            print(f"{name}: failed: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}",
-                  flush=True)
+        row = harness.run_worker(__file__, name, ["--batch", a.batch, "--channels", a.channels, "--cells", a.cells,
+                                                  "--iters", a.iters, "--device", a.device])
+        if "error" in row:
+            print(f"{name}: failed: {row['error']}", flush=True)
             continue
-        rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+        rows.append(row)
         print(json.dumps(rows[-1]), flush=True)  # each preset as it finishes: a time limit keeps what ran
     base = next((r for r in rows if r["preset"] == "darts"), rows[0] if rows else None)
     lines = [f"One search iteration (weight step + architecture step), C={a.channels}, {a.cells} cells, batch "
@@ -106,12 +101,7 @@ def main(argv=None) -> int:
                      f"| {PUBLISHED[r['preset']]} |")
     text = "\n".join(lines)
     print(text)
-    if a.out:
-        os.makedirs(a.out, exist_ok=True)
-        with open(os.path.join(a.out, "method_step.json"), "w") as f:
-            json.dump(rows, f, indent=1)
-        with open(os.path.join(a.out, "method_step.md"), "w") as f:
-            f.write(text + "\n")
+    harness.write_results(a.out, "method_step", rows, text)
     return 0
 
 

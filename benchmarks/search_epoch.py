@@ -18,14 +18,13 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+import harness  # noqa: E402,F401  (this checkout first on sys.path)
 import torch  # noqa: E402
 
-from fastnas import config as cfglib  # noqa: E402
-from fastnas.runs import RunDir  # noqa: E402
+from fastnas.cli.search import main as search_main
+from fastnas.infra import config as cfglib  # noqa: E402
+from fastnas.infra.rundir import RunDir  # noqa: E402
 from fastnas.search import PRESETS, SearchConfig, Searcher  # noqa: E402
-from fastnas.search import main as search_main
 
 CIFAR_STEPS = 25000 // 96
 

@@ -19,12 +19,11 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 
 # Run from a checkout: import this working tree's fastnas, whatever else is installed.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import harness  # noqa: E402  (first: this checkout on sys.path)
 
 CONFIGS = ("darts", "softmax-fused", "gumbel-hard")
 
@@ -39,8 +38,8 @@ def worker(config: str, batch: int, channels: int, layers: int, iters: int) -> d
     import torch.nn.functional as F
 
     from fastnas import ops
-    from fastnas.sampler import make_sampler
-    from fastnas.supernet import SuperNet
+    from fastnas.space.sampler import make_sampler
+    from fastnas.space.supernet import SuperNet
 
     torch.manual_seed(0)
     base = rss_mb()
@@ -100,20 +99,18 @@ def main(argv=None) -> int:
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.worker, args.batch, args.channels, args.layers, args.iters)))
-        return 0
+        return harness.worker_reply(worker(args.worker, args.batch, args.channels, args.layers, args.iters))
     rows = []
     for config in args.configs.split(","):
         if config not in CONFIGS:
             print(f"error: unknown config {config!r}; choose from {', '.join(CONFIGS)}", file=sys.stderr)
             return 2
-        cmd = [sys.executable, __file__, "--worker", config, "--batch", str(args.batch),
-               "--channels", str(args.channels), "--layers", str(args.layers), "--iters", str(args.iters)]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode != 0:
-            print(out.stderr, file=sys.stderr)
+        row = harness.run_worker(__file__, config, ["--batch", args.batch, "--channels", args.channels,
+                                                    "--layers", args.layers, "--iters", args.iters])
+        if "error" in row:
+            print(f"{config}: {row['error']}", file=sys.stderr)
             return 1
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        rows.append(row)
         print(json.dumps(rows[-1]), flush=True)
     base = next((r for r in rows if r["config"] == "darts"), None)
     lines = [f"C={args.channels}, {args.layers} layers, batch {args.batch}, threads {rows[0]['threads']}", "",
@@ -125,12 +122,7 @@ def main(argv=None) -> int:
         lines.append(f"| {r['config']} | {r['iteration_s']:.2f} | {r['images_per_s']:.1f} | {speed} | "
                      f"{r['peak_rss_mb']:.0f} | {r['peak_delta_mb']:.0f} | {mem} |")
     table = "\n".join(lines)
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "search_step.json"), "w") as f:
-            json.dump(rows, f, indent=2)
-        with open(os.path.join(args.out, "search_step.md"), "w") as f:
-            f.write(table + "\n")
+    harness.write_results(args.out, "search_step", rows, table)
     print(table)
     return 0
 

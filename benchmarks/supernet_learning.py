@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from fastnas.data import BatchStream, augment, load_dataset, normalize, split_train
-from fastnas.sampler import Sample, make_sampler
-from fastnas.supernet import SuperNet
+from fastnas.space.sampler import Sample, make_sampler
+from fastnas.space.supernet import SuperNet
 
 
 def run(mode: str, steps: int, channels: int, cells: int, batch: int, lr: float, window: int) -> dict:

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import harness  # noqa: E402  (first: this checkout on sys.path)
 
 CONFIGS = {
     "fp32": {},
@@ -32,8 +30,8 @@ def worker(name: str, device: str, batch: int, steps: int) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from fastnas.genotype import PUBLISHED
-    from fastnas.network import EvalNetwork
+    from fastnas.space.genotype import PUBLISHED
+    from fastnas.space.network import EvalNetwork
 
     opts = CONFIGS[name]
     dev = torch.device(device)
@@ -82,19 +80,14 @@ def main(argv=None) -> int:
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.worker, args.device, args.batch, args.steps)))
-        return 0
+        return harness.worker_reply(worker(args.worker, args.device, args.batch, args.steps))
     rows = []
     for name in args.configs.split(","):
         if name not in CONFIGS:
             print(f"error: unknown config {name!r}; choose from {', '.join(CONFIGS)}", file=sys.stderr)
             return 2
-        r = subprocess.run([sys.executable, __file__, "--worker", name, "--device", args.device, "--batch",
-                            str(args.batch), "--steps", str(args.steps)], capture_output=True, text=True)
-        if r.returncode != 0:
-            rows.append({"config": name, "error": (r.stderr.strip().splitlines() or ["?"])[-1][:200]})
-        else:
-            rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+        rows.append(harness.run_worker(__file__, name, ["--device", args.device, "--batch", args.batch,
+                                                        "--steps", args.steps]))
         print(json.dumps(rows[-1]), flush=True)
     base = next((r for r in rows if r["config"] == "fp32" and "error" not in r), None)
     lines = [f"DARTS_V2 EvalNetwork C=36, 20 cells, device {args.device}, batch {args.batch}", "",
@@ -107,12 +100,7 @@ def main(argv=None) -> int:
         ratio = f"{r['images_per_s'] / base['images_per_s']:.2f}x" if base else "-"
         lines.append(f"| {r['config']} | {r['step_s']:.2f} | {r['images_per_s']:.1f} | {ratio} | {r['warmup_s']:.0f} |")
     table = "\n".join(lines)
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, f"train_speed_{args.device}.json"), "w") as f:
-            json.dump(rows, f, indent=2)
-        with open(os.path.join(args.out, f"train_speed_{args.device}.md"), "w") as f:
-            f.write(table + "\n")
+    harness.write_results(args.out, f"train_speed_{args.device}", rows, table)
     print(table)
     return 0
 

@@ -21,7 +21,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-DATASETS = ("embedded", "cifar10", "cifar100", "folder")
+from fastnas.infra.errors import DataError
+from fastnas.infra.options import DATASETS
+
+__all__ = ["DATASETS", "DataError", "ImageData", "BatchStream", "load_dataset", "split_train", "augment", "cutout",
+           "normalize", "make_embedded", "load_cifar", "load_folder"]
 
 CIFAR_MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409)}
 CIFAR_STD = {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2673, 0.2564, 0.2762)}
@@ -31,10 +35,6 @@ _CIFAR = {
     "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels", "cifar-100-python.tar.gz"),
 }
 _CIFAR_URL = "https://www.cs.toronto.edu/~kriz/"
-
-
-class DataError(ValueError):
-    """Missing or unreadable data, with what to do about it."""
 
 
 @dataclass

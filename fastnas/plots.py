@@ -8,9 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fastnas.genotype import Genotype
-from fastnas.primitives import PRIMITIVES
-from fastnas.supernet import PARAMETER_FREE
+from fastnas.space.genotype import Genotype
+from fastnas.space.primitives import PARAMETER_FREE, PRIMITIVES
 
 # One colour per op family, so a collapsed cell (many grey/blue parameter-free ops) shows at a glance.
 OP_COLORS = {

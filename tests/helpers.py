@@ -131,3 +131,27 @@ def kill_after_rows(cmd, metrics: Path, rows: int, timeout: float = 300):
         if not any(_running(pid) for pid in tree):
             break
         time.sleep(0.02)
+
+
+# The smallest search and retraining command lines (seconds): what the robustness tests run.
+SMOKE = ["--preset", "smoke", "--no-plots", "--derived-eval-images", "0"]
+TINY = [*SMOKE, "--epochs", "1", "1", "1", "--warmup-epochs", "0", "0", "0", "--max-steps", "1",
+        "--embedded-size", "128"]
+TRAIN = ["--genotype", "DARTS_V2", "--preset", "smoke"]
+
+
+def files(path: Path) -> dict[str, str]:
+    """Every file under `path` with the hash of its bytes (to show a command changed nothing)."""
+    import hashlib
+
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def fails(main, argv, fragment, capsys, code=2):
+    """`main(argv)` exits with `code` and one last stderr line (error: or interrupted) holding `fragment`."""
+    assert main(argv) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith(("error:", "interrupted")), err
+    assert fragment in err[-1], err[-1]
+    assert "Traceback" not in "\n".join(err)

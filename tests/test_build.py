@@ -88,7 +88,8 @@ def test_info_under_forced_reference_backend():
 
 
 def test_info_checks_that_cpp_errors_raise(monkeypatch):
-    from fastnas import info, ops
+    from fastnas import ops
+    from fastnas.cli import info
 
     if not ops.extension_loaded():
         pytest.skip("fastnas._C is not built")

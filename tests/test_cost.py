@@ -10,20 +10,22 @@ import pytest
 import torch
 from helpers import run_module
 
-from fastnas import cost, pipeline
-from fastnas.config import ConfigError
-from fastnas.cost import CostModel, CostPenalty, EvalShape, expected_cost, fit_genotype, measure_genotype
-from fastnas.genotype import Genotype, published
-from fastnas.primitives import PRIMITIVES
-from fastnas.sampler import make_sampler
-from fastnas.study import random_genotype
+from fastnas import cost
+from fastnas.cli import pipeline
+from fastnas.cost import CostModel, EvalShape, expected_cost, fit_genotype, measure, measure_genotype
+from fastnas.infra.errors import ConfigError
+from fastnas.search.budget import FORMS, BudgetTerm
+from fastnas.space.genotype import Genotype, published, random_genotype
+from fastnas.space.primitives import PRIMITIVES
+from fastnas.space.sampler import make_sampler
+from fastnas.space.topology import CELL_TYPES, genotype_edges
 
 SMALL = EvalShape(channels=8, layers=5)
 E = 14
 
 
 def _edge_primitives(prims=PRIMITIVES):
-    return {c: [list(prims)] * E for c in cost.CELL_TYPES}
+    return {c: [list(prims)] * E for c in CELL_TYPES}
 
 
 def test_darts_v2_published_costs():
@@ -38,11 +40,11 @@ def test_darts_v2_published_costs():
 
 def test_op_costs_by_hand():
     # sep_conv_3x3, C=16 at 32x32: two (depthwise 3x3 + pointwise 1x1) blocks and their BNs
-    assert cost.op_macs("sep_conv_3x3", 16, 1, 32) == 2 * (16 * 9 * 1024 + 16 * 16 * 1024)
-    assert cost.op_params("sep_conv_3x3", 16, 1) == 2 * (16 * 9 + 16 * 16 + 2 * 16)
+    assert measure.op_macs("sep_conv_3x3", 16, 1, 32) == 2 * (16 * 9 * 1024 + 16 * 16 * 1024)
+    assert measure.op_params("sep_conv_3x3", 16, 1) == 2 * (16 * 9 + 16 * 16 + 2 * 16)
     # skip at stride 2 is FactorizedReduce: two 1x1 convs C -> C/2 at half the side, and a BN
-    assert cost.op_macs("skip_connect", 16, 2, 32) == 2 * (16 * 8 * 256)
-    assert cost.op_params("max_pool_3x3", 16, 1) == 0 and cost.op_macs("avg_pool_3x3", 16, 2, 32) == 0
+    assert measure.op_macs("skip_connect", 16, 2, 32) == 2 * (16 * 8 * 256)
+    assert measure.op_params("max_pool_3x3", 16, 1) == 0 and measure.op_macs("avg_pool_3x3", 16, 2, 32) == 0
 
 
 @pytest.mark.parametrize("metric", ["params", "flops"])
@@ -59,10 +61,10 @@ def test_table_sum_is_exact_for_any_genotype(metric):
 def _alpha_for(genotype: Genotype, strong: float = 30.0):
     """Alphas whose distribution puts all mass on `genotype`: chosen edges on their op, the others on 'none'."""
     alphas = {}
-    for cell in cost.CELL_TYPES:
+    for cell in CELL_TYPES:
         a = torch.zeros(E, len(PRIMITIVES), dtype=torch.float64)
         a[:, PRIMITIVES.index("none")] = strong
-        for e, op in cost.genotype_edges(genotype, cell):
+        for e, op in genotype_edges(getattr(genotype, cell)):
             a[e] = 0
             a[e, PRIMITIVES.index(op)] = strong
         alphas[cell] = a
@@ -85,7 +87,7 @@ def test_expected_cost_gradient_matches_finite_differences(sampler):
     tables = model.table(_edge_primitives())
     s = make_sampler(sampler, tau=1.0)
     torch.manual_seed(0)
-    alphas = {c: (0.5 * torch.randn(E, len(PRIMITIVES), dtype=torch.float64)).requires_grad_() for c in cost.CELL_TYPES}
+    alphas = {c: (0.5 * torch.randn(E, len(PRIMITIVES), dtype=torch.float64)).requires_grad_() for c in CELL_TYPES}
 
     def f():
         probs = {c: s.expected_probabilities(a) for c, a in alphas.items()}
@@ -93,7 +95,7 @@ def test_expected_cost_gradient_matches_finite_differences(sampler):
 
     f().backward()
     eps = 1e-6
-    for cell in cost.CELL_TYPES:
+    for cell in CELL_TYPES:
         a = alphas[cell]
         for e, k in [(0, 4), (3, 1), (9, 7), (13, 5), (5, 0)]:
             with torch.no_grad():
@@ -108,11 +110,11 @@ def test_expected_cost_gradient_matches_finite_differences(sampler):
 def test_penalty_forms_push_the_expected_cost():
     model = CostModel("params", SMALL)
     net = Namespace(steps=4, named_arch_parameters=lambda: alphas)
-    alphas = {c: torch.zeros(E, len(PRIMITIVES), requires_grad=True) for c in cost.CELL_TYPES}
+    alphas = {c: torch.zeros(E, len(PRIMITIVES), requires_grad=True) for c in CELL_TYPES}
     s = make_sampler("softmax")
     conv = PRIMITIVES.index("sep_conv_5x5")
-    for form in CostPenalty.FORMS:
-        pen = CostPenalty(model, target=1.0, form=form, strength=1.0)  # far over: every form pushes down
+    for form in FORMS:
+        pen = BudgetTerm(model, target=1.0, form=form, strength=1.0)  # far over: every form pushes down
         pen.bind(_edge_primitives())
         for a in alphas.values():
             a.grad = None
@@ -120,7 +122,7 @@ def test_penalty_forms_push_the_expected_cost():
         # the costliest op's logit gets a positive gradient (gradient descent lowers it)
         assert all(float(a.grad[:, conv].min()) > 0 for a in alphas.values()), form
     # absolute pulls up when under the target
-    pen = CostPenalty(model, target=1e9, form="absolute")
+    pen = BudgetTerm(model, target=1e9, form="absolute")
     pen.bind(_edge_primitives())
     for a in alphas.values():
         a.grad = None
@@ -132,7 +134,7 @@ def test_fit_genotype_meets_the_budget_with_the_fewest_losses():
     model = CostModel("params", SMALL)
     g = published("DARTS_V2")
     torch.manual_seed(0)
-    probs = {c: torch.softmax(torch.randn(E, len(PRIMITIVES)), -1) for c in cost.CELL_TYPES}
+    probs = {c: torch.softmax(torch.randn(E, len(PRIMITIVES)), -1) for c in CELL_TYPES}
     full = model.genotype_cost(g)
     target = model.fixed + 0.6 * (full - model.fixed)
     fitted, moves = fit_genotype(g, probs, _edge_primitives(), model, target, max_skip=2)
@@ -140,7 +142,7 @@ def test_fit_genotype_meets_the_budget_with_the_fewest_losses():
     assert moves and model.genotype_cost(fitted) <= target < full
     assert measure_genotype(fitted, SMALL, "params") == model.genotype_cost(fitted)
     assert sum(op == "skip_connect" for op, _ in fitted.normal) <= 2
-    for cell in cost.CELL_TYPES:  # still two distinct inputs per node
+    for cell in CELL_TYPES:  # still two distinct inputs per node
         pairs = getattr(fitted, cell)
         assert all(pairs[2 * i][1] != pairs[2 * i + 1][1] for i in range(4))
     # within budget already: untouched
@@ -187,7 +189,7 @@ TINY = ["--preset", "smoke", "--embedded-size", "256", "--epochs", "2", "2", "2"
 
 
 def _search(tmp_path, name, *extra):
-    from fastnas.search import main
+    from fastnas.cli.search import main
 
     out = tmp_path / name
     assert main([*TINY, "--seed", "1", "--out", str(out), *extra]) == 0
@@ -195,6 +197,7 @@ def _search(tmp_path, name, *extra):
         json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_budgeted_search_is_cheaper_than_unconstrained(tmp_path):
     free, free_rows = _search(tmp_path, "free")
     model = CostModel("params", SMALL)
@@ -211,7 +214,7 @@ def test_budgeted_search_is_cheaper_than_unconstrained(tmp_path):
     # the penalty itself moves the distribution: lower expected cost than the free search at the end of stage 1
     # (same seed, same candidates), before any pruning could make the two differ
     model_rows = [r for r in rows if r["stage"] == 1]
-    probs = {c: torch.tensor(free_rows[len(model_rows) - 1]["op_probabilities"][c]["p"]) for c in cost.CELL_TYPES}
+    probs = {c: torch.tensor(free_rows[len(model_rows) - 1]["op_probabilities"][c]["p"]) for c in CELL_TYPES}
     tables = model.table(_edge_primitives())
     free_expected = float(expected_cost(probs, tables, _edge_primitives(), model.fixed))
     assert model_rows[-1]["expected_cost"] < free_expected
@@ -238,7 +241,7 @@ def test_budget_fit_channels(tmp_path):
     (["--target-latency-ms", "5", "--latency-device", "tpu"], "latency_device must be cpu or cuda"),
 ])
 def test_bad_budgets_fail_with_one_line(tmp_path, capsys, args, message):
-    from fastnas.search import main
+    from fastnas.cli.search import main
 
     # in-process: the CLI's own entry point (exit code and stderr), without a fresh interpreter per case
     assert main([*TINY, "--out", str(tmp_path / "bad"), *args]) == 2
@@ -262,9 +265,9 @@ def test_cost_cli_and_pipeline_budget_options(tmp_path):
     args = Namespace(target_params="50k", target_flops=None, target_latency_ms=None, budget_fit="channels",
                      train_config=None)
     opts = pipeline._budget_options(args, "quick")
-    assert opts == ["--target-params", "50k", "--eval-channels", "8", "--eval-layers", "5", "--budget-fit", "channels"]
+    assert opts == {"target_params": "50k", "eval_channels": 8, "eval_layers": 5, "budget_fit": "channels"}
     args.target_params = None
-    assert pipeline._budget_options(args, "quick") == []
+    assert pipeline._budget_options(args, "quick") == {}
 
 
 @pytest.mark.parametrize("line, message", [
@@ -274,7 +277,7 @@ def test_cost_cli_and_pipeline_budget_options(tmp_path):
     ("arch_order: 3", "3 is not one of 1, 2"),
 ])
 def test_bad_values_in_yaml_fail_like_the_command_line(tmp_path, capsys, line, message):
-    from fastnas.search import main
+    from fastnas.cli.search import main
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text(line + "\n")

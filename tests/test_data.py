@@ -2,8 +2,9 @@
 
 import pytest
 import torch
-from helpers import write_cifar10, write_cifar100, write_image_folder
+from helpers import TRAIN, fails, write_cifar10, write_cifar100, write_image_folder
 
+from fastnas.cli import train
 from fastnas.data import (
     BatchStream,
     DataError,
@@ -92,3 +93,30 @@ def test_augment_and_normalize():
     assert z.dtype == torch.uint8 and z.shape == x.shape
     n = normalize(torch.full((1, 3, 2, 2), 127.5), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     assert torch.allclose(n, torch.zeros_like(n))
+
+
+def test_unreadable_image_is_named(tmp_path, capsys):
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            d = tmp_path / "data" / split / c
+            d.mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(d / f"{i}.png")
+    bad = tmp_path / "data" / "train" / "b" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    fails(train.main, [*TRAIN, "--dataset", "folder", "--data-dir", str(tmp_path / "data"), "--out",
+                        str(tmp_path / "run")], f"unreadable image {bad}", capsys)
+
+
+def test_one_class_folder_is_refused(tmp_path, capsys):
+    from PIL import Image
+
+    for split in ("train", "test"):
+        d = tmp_path / "data" / split / "only"
+        d.mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(d / f"{i}.png")
+    fails(train.main, [*TRAIN, "--dataset", "folder", "--data-dir", str(tmp_path / "data"), "--out",
+                        str(tmp_path / "run")], "needs at least 2", capsys)

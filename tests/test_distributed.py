@@ -16,7 +16,9 @@ SEARCH = ["--preset", "smoke", "--embedded-size", "256", "--cells", "3", "--chan
 TRAIN = ["--genotype", "DARTS_V2", "--preset", "smoke", "--channels", "4", "--layers", "3", "--embedded-size", "320",
          "--epochs", "2", "--batch-size", "32", "--no-export"]
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+# Every case starts torchrun process groups (tens of seconds each on 2 cores): the slow tier.
+pytestmark = [pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable"),
+              pytest.mark.slow]
 
 
 def torchrun(nproc, module, args, **kw):

@@ -4,7 +4,8 @@ import shutil
 
 import pytest
 
-from fastnas.genotype import PUBLISHED, Genotype, GenotypeError, published
+from fastnas.infra.errors import GenotypeError
+from fastnas.space.genotype import PUBLISHED, Genotype, published
 
 DARTS_V2_TEXT = (
     "Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), "

@@ -11,11 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from fastnas.arch_grad import DirichletAnchor, unrolled_arch_grads
-from fastnas.primitives import PRIMITIVES
-from fastnas.sampler import Sample
-from fastnas.search import PRESETS, main
-from fastnas.supernet import MixedOp, SuperNet, channel_shuffle, derive_genotype
+from fastnas.cli.search import main
+from fastnas.search import PRESETS
+from fastnas.search.anchor import DirichletAnchor
+from fastnas.search.arch_grad import unrolled_arch_grads
+from fastnas.space.derive import derive_genotype
+from fastnas.space.primitives import PRIMITIVES
+from fastnas.space.sampler import Sample
+from fastnas.space.supernet import MixedOp, SuperNet, channel_shuffle
 
 
 def test_channel_shuffle_interleaves_groups():
@@ -145,7 +148,7 @@ def test_second_order_gradient_matches_finite_differences():
 
 
 def test_arch_gradient_objects():
-    from fastnas.arch_grad import FirstOrder, SecondOrder, make_arch_gradient
+    from fastnas.search.arch_grad import FirstOrder, SecondOrder, make_arch_gradient
 
     assert isinstance(make_arch_gradient(1), FirstOrder) and isinstance(make_arch_gradient(2), SecondOrder)
     with pytest.raises(ValueError, match="arch_order must be 1 or 2"):
@@ -214,7 +217,7 @@ def test_method_presets_run(tmp_path, name):
 
 # ----------------------------------------------------------------------------- GDAS' fixed reduction cell
 def test_fixed_reduction_cell_shape_and_parameters():
-    from fastnas.network import FixedReductionCell
+    from fastnas.space.network import FixedReductionCell
 
     cell = FixedReductionCell(48, 48, 32, reduction_prev=False)
     out = cell(torch.randn(2, 48, 16, 16), torch.randn(2, 48, 16, 16))
@@ -229,7 +232,8 @@ def test_fixed_reduction_cell_shape_and_parameters():
 
 
 def test_genotype_with_fixed_reduction_round_trips():
-    from fastnas.genotype import Genotype, GenotypeError, published
+    from fastnas.infra.errors import GenotypeError
+    from fastnas.space.genotype import Genotype, published
 
     g = Genotype(published("DARTS_V2").normal, (2, 3, 4, 5), (), (2, 3, 4, 5), reduce_cell="gdas_frc")
     assert Genotype.parse(str(g)) == g and "reduce_cell='gdas_frc'" in str(g)
@@ -243,15 +247,15 @@ def test_genotype_with_fixed_reduction_round_trips():
     for metric in ("params", "flops"):
         model = CostModel(metric, EvalShape(8, 5), reduce_cell="gdas_frc")
         assert model.genotype_cost(g) == measure_genotype(g, EvalShape(8, 5), metric)
-    from fastnas.study import random_genotype
+    from fastnas.space.genotype import random_genotype
 
     r = random_genotype(__import__("random").Random(0), reduce_cell="gdas_frc")
     assert r.reduce == () and r.reduce_cell == "gdas_frc" and len(r.normal) == 8
 
 
 def test_search_with_fixed_reduction_then_retrain(tmp_path):
-    from fastnas.genotype import Genotype
-    from fastnas.train import main as train_main
+    from fastnas.cli.train import main as train_main
+    from fastnas.space.genotype import Genotype
 
     out = tmp_path / "frc"
     args = [*_shrink("gdas"), "--channels", "4", "--fixed-reduction", "gdas_frc", "--out", str(out)]

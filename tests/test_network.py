@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from fastnas.genotype import PUBLISHED
-from fastnas.network import EvalNetwork, EvalNetworkImageNet
+from fastnas.space.genotype import PUBLISHED
+from fastnas.space.network import EvalNetwork, EvalNetworkImageNet
 
 # Published sizes (millions of parameters, auxiliary head excluded).
 PUBLISHED_MILLIONS = {"DARTS_V2": 3.3, "PDARTS": 3.4, "PC_DARTS": 3.6, "DRNAS": 4.1}

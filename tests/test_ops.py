@@ -297,7 +297,8 @@ def test_gumbel_rejects_bad_input(kwargs, match):
 
 # ------------------------------------------------------------------ compile, backends
 
-@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+# inductor compiles C++ for the CPU (half a minute on 2 cores): the slow tier; aot_eager stays in the default.
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
 def test_torch_compile_fullgraph(device, backend):
     torch._dynamo.reset()
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from fastnas.primitives import (
+from fastnas.space.primitives import (
     PRIMITIVES,
     FactorizedReduce,
     available_primitives,

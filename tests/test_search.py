@@ -7,8 +7,8 @@ import pytest
 import torch
 from helpers import kill_after_rows, run_module, write_cifar10
 
-from fastnas.genotype import Genotype
-from fastnas.search import main
+from fastnas.cli.search import main
+from fastnas.space.genotype import Genotype
 
 # The smoke preset, smaller still: 4 steps per epoch, 5 epochs over the 3 stages.
 TINY = ["--preset", "smoke", "--embedded-size", "256", "--epochs", "1", "2", "2", "--warmup-epochs", "0", "1", "1"]
@@ -50,6 +50,7 @@ def test_smoke_search_end_to_end(tmp_path):
     assert "genotype:" in r.stdout
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_the_same_genotype(tmp_path):
     args = [*TINY, "--deterministic"]
     full = tmp_path / "full"
@@ -72,6 +73,7 @@ def test_kill_and_resume_gives_the_same_genotype(tmp_path):
     assert [(r["stage"], r["epoch"]) for r in rows] == [(1, 1), (2, 1), (2, 2), (3, 1), (3, 2)]
 
 
+@pytest.mark.slow
 def test_search_on_cifar_files_with_yaml_config(tmp_path):
     write_cifar10(tmp_path / "data", per_batch=40)
     cfg = tmp_path / "search.yaml"

@@ -5,10 +5,11 @@ import json
 import random
 
 import pytest
+from helpers import fails
 
-from fastnas.genotype import Genotype
-from fastnas.primitives import PRIMITIVES
-from fastnas.study import _compare, main, random_genotype
+from fastnas.cli.study import _compare, main
+from fastnas.space.genotype import Genotype, random_genotype
+from fastnas.space.primitives import PRIMITIVES
 
 
 def test_random_genotypes_follow_the_search_rules():
@@ -45,6 +46,7 @@ TINY_SEARCH = "epochs: [1, 1, 1]\nwarmup_epochs: [0, 0, 0]\nembedded_size: 128\n
 TINY_TRAIN = "epochs: 1\nembedded_size: 128\nmax_steps: 2\nlayers: 3\nchannels: 4\n"
 
 
+@pytest.mark.slow
 def test_study_end_to_end_and_resume(tmp_path):
     (tmp_path / "s.yaml").write_text(TINY_SEARCH)
     (tmp_path / "t.yaml").write_text(TINY_TRAIN)
@@ -83,7 +85,7 @@ def test_study_bad_input(tmp_path, capsys):
 
 
 def _fake_study(seeds, accs, preset="quick"):
-    from fastnas.study import _overall
+    from fastnas.cli.study import _overall
 
     per = {}
     for seed, (searched, rand) in zip(seeds, accs, strict=True):
@@ -98,8 +100,8 @@ def _fake_study(seeds, accs, preset="quick"):
 
 
 def test_merge_studies(tmp_path):
-    from fastnas.config import ConfigError
-    from fastnas.study import merge_studies
+    from fastnas.cli.study import merge_studies
+    from fastnas.infra.errors import ConfigError
 
     a = _fake_study([0, 1], [(0.6, [0.5, 0.55]), (0.4, [0.5, 0.6])])
     b = _fake_study([2], [(0.7, [0.6, 0.62])])
@@ -117,3 +119,11 @@ def test_merge_studies(tmp_path):
     assert json.loads((tmp_path / "m" / "study.json").read_text())["seeds"] == [0, 1, 2]
     assert (tmp_path / "m" / "study.png").is_file() and "| 2 |" in (tmp_path / "m" / "study.md").read_text()
     assert main(["--merge", str(tmp_path / "nope.json"), "--out", str(tmp_path / "m2")]) == 2
+
+
+def test_study_resume_refuses_changed_options(tmp_path, capsys):
+
+    out = tmp_path / "s"
+    out.mkdir()
+    (out / "study_config.yaml").write_text("seeds: [0]\n")
+    fails(main, ["--resume", str(out), "--seeds", "5", "6"], "--seeds ([0] saved, [5, 6] given)", capsys)

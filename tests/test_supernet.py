@@ -6,10 +6,12 @@ import torch
 from torch.testing import assert_close
 
 from fastnas import ops
-from fastnas.genotype import Genotype
-from fastnas.primitives import PRIMITIVES
-from fastnas.sampler import SAMPLERS, TemperatureSchedule, make_sampler
-from fastnas.supernet import MixedOp, SuperNet, derive_genotype, num_edges, prune_primitives
+from fastnas.space.derive import derive_genotype, prune_primitives
+from fastnas.space.genotype import Genotype
+from fastnas.space.primitives import PRIMITIVES
+from fastnas.space.sampler import SAMPLERS, make_sampler
+from fastnas.space.supernet import MixedOp, SuperNet
+from fastnas.space.topology import num_edges
 
 
 def darts_search_weight_count(C=16, layers=8, num_classes=10, steps=4, multiplier=4, stem=3):
@@ -224,18 +226,8 @@ def test_bad_supernet_arguments():
         make_sampler("gumbel-hard", tau=0)
 
 
-def test_temperature_schedule():
-    lin = TemperatureSchedule(10.0, 0.1)
-    assert lin(0, 25) == 10.0 and abs(lin(24, 25) - 0.1) < 1e-12
-    assert abs(lin(12, 25) - 5.05) < 1e-12
-    exp = TemperatureSchedule(10.0, 0.1, "exponential")
-    assert abs(exp(12, 25) - 1.0) < 1e-9
-    with pytest.raises(ValueError):
-        TemperatureSchedule(kind="cosine")
-
-
 def test_genotypes_by_skip_count_follow_pdarts():
-    from fastnas.supernet import genotypes_by_skip_count
+    from fastnas.space.derive import genotypes_by_skip_count
 
     torch.manual_seed(0)
     net = SuperNet(channels=2, layers=3)

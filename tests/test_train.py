@@ -7,14 +7,15 @@ import pytest
 import torch
 from helpers import kill_after_rows, run_module
 
-from fastnas.evaluate import main as evaluate_main
-from fastnas.genotype import PUBLISHED
-from fastnas.train import main as train_main
+from fastnas.cli.evaluate import main as evaluate_main
+from fastnas.cli.train import main as train_main
+from fastnas.space.genotype import PUBLISHED
 
 TINY = ["--preset", "smoke", "--channels", "4", "--layers", "3", "--embedded-size", "320", "--epochs", "3",
         "--batch-size", "32", "--no-export"]
 
 
+@pytest.mark.slow
 def test_smoke_retrain_learns_and_exports(tmp_path):
     out = tmp_path / "run"
     r = run_module("fastnas.train", ["--genotype", "DARTS_V2", "--preset", "smoke", "--embedded-size", "1000",
@@ -35,7 +36,7 @@ def test_smoke_retrain_learns_and_exports(tmp_path):
     program = torch.export.load(str(out / "model.pt2"))
     x = torch.randn(2, 3, 32, 32)
     state = torch.load(out / "last.pt", weights_only=False)
-    from fastnas.network import EvalNetwork
+    from fastnas.space.network import EvalNetwork
 
     net = EvalNetwork(PUBLISHED["DARTS_V2"], 8, 5, 10, True)
     net.load_state_dict(state["model"])
@@ -47,6 +48,7 @@ def test_smoke_retrain_learns_and_exports(tmp_path):
     assert abs(json.loads(result.read_text())["test_acc"] - report["best_epoch_test_acc"]) < 1e-9
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_the_same_final_metrics(tmp_path):
     args = ["--genotype", "PDARTS", *TINY, "--deterministic"]
     full = tmp_path / "full"
@@ -98,6 +100,7 @@ def test_missing_genotype_and_foreign_checkpoint(tmp_path, capsys):
     assert "corrupt checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_pipeline_smoke(tmp_path):
     search_cfg = tmp_path / "search.yaml"
     search_cfg.write_text("embedded_size: 256\nepochs: [1, 1, 1]\nwarmup_epochs: [0, 0, 0]\n")

@@ -1,4 +1,4 @@
-"""S2 progressive sampled search: ``python -m fastnas.search``.
+"""S2 progressive sampled search: the :class:`Searcher` (``fastnas search`` runs it).
 
 Three stages (presets ``pdarts``, ``patent``, ``smoke``; every per-stage list overridable). Each stage
 builds a supernet (its cells and channels), trains it for its epochs: per step the sampler draws an
@@ -15,270 +15,28 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from fastnas import arch_grad, distributed, plots
-from fastnas import config as cfglib
-from fastnas.config import ConfigError, RunOptions, SGDOptions, opt
-from fastnas.cost import CostPenalty, make_penalty, parse_amount
+from fastnas import plots
+from fastnas.cost import budget_report_lines
 from fastnas.data import BatchStream, augment, load_dataset, normalize, split_train
-from fastnas.genotype import FIXED_REDUCTION_CELLS, Genotype
-from fastnas.primitives import PRIMITIVES, is_primitive
-from fastnas.runs import (
-    AMP_DTYPES,
-    RunDir,
-    RunError,
-    amp_context,
-    cli_main,
-    default_run_dir,
-    load_checkpoint,
-    progress_bar,
-    resolve_device,
-    rng_state,
-    seed_everything,
-    set_rng_state,
-)
-from fastnas.sampler import SAMPLERS, GumbelHardSampler, Sample, TemperatureSchedule, make_sampler, sampler_class
-from fastnas.supernet import SuperNet, cell_stats, derive_genotype, genotypes_by_skip_count, prune_primitives
-
-CHECKPOINT_VERSION = 1
-
-
-@dataclass
-class SearchConfig(SGDOptions, RunOptions):
-    """All options of a search (see ``python -m fastnas.search --help``)."""
-
-    preset: str = opt("progressive", "preset: progressive (default: P-DARTS stages + GDAS sampler), pdarts, patent, "
-                      "darts, darts2, pcdarts, gdas, drnas (each paper's CIFAR-10 recipe), quick (learns in "
-                      "minutes on a CPU) or smoke (seconds, CI)",
-                      choices=["progressive", "pdarts", "patent", "darts", "darts2", "pcdarts", "gdas", "drnas",
-                               "quick", "smoke"])
-    train_portion: float = opt(0.5, "share of the training set for weight steps; the rest trains the architecture",
-                               gt=0, lt=1)
-    # stages
-    cells: list[int] = opt([5, 11, 17], "cells (layers) of the supernet, per stage", ge=1)
-    channels: list[int] = opt([16, 16, 16], "initial channels of the supernet, per stage", ge=1)
-    ops_kept: list[int] = opt([8, 5, 3], "candidate ops per edge, per stage (the first = all primitives)", ge=1)
-    skip_dropout: list[float] = opt([0.0, 0.4, 0.7], "dropout on skip connections, per stage", ge=0, lt=1)
-    epochs: list[int] = opt([25, 25, 25], "epochs per stage", ge=1)
-    warmup_epochs: list[int] = opt([10, 10, 10], "epochs per stage that train weights only", ge=0)
-    primitives: list[str] = opt(list(PRIMITIVES), "candidate ops of the first stage")
-    # sampler
-    sampler: str = opt("gumbel-hard", "gumbel-hard, gumbel-soft, softmax or dirichlet", choices=list(SAMPLERS))
-    tau_start: float | None = opt(None, "temperature at the first search epoch of a stage (default: 10 for the "
-                                        "Gumbel samplers; softmax uses 1 unless given; dirichlet takes none)", gt=0)
-    tau_end: float | None = opt(None, "temperature at the last epoch of a stage (default: 0.1 for the Gumbel "
-                                      "samplers; softmax: tau_start)", gt=0)
-    tau_schedule: str = opt("linear", "temperature schedule over the search epochs of a stage (the warm-up "
-                            "stays at tau_start)", choices=["linear", "exponential", "constant"])
-    arch_resample: bool = opt(True, "draw a fresh architecture for the architecture step (GDAS: a sample per "
-                                    "forward pass); off: score the path the weight step just trained")
-    straight_through: str = opt("all", "gumbel-hard's architecture gradient: all (every candidate runs in the "
-                                "architecture step, weighted by the one-hot sample: each op is scored by its "
-                                "own output, Jang et al.'s estimator) or sampled (GDAS' shortcut: only the "
-                                "sampled op runs; cheaper, but blind to what the others compute)",
-                                choices=list(GumbelHardSampler.STRAIGHT_THROUGH))
-    max_skip: int = opt(2, "most skip connections in the derived normal cell (-1: no cap)", ge=-1)
-    # method mechanisms (DARTS, PC-DARTS, DrNAS)
-    arch_order: int = opt(1, "architecture gradient: 1 first order, 2 DARTS' second order (one-step unrolled "
-                             "weights, finite-difference Hessian-vector product)", choices=[1, 2])
-    partial_channels: list[int] = opt([1], "PC-DARTS: 1/K of the channels go through the candidate ops, the rest "
-                                           "bypass them; one K for every stage or one per stage (1: off)", ge=1)
-    edge_norm: bool = opt(False, "PC-DARTS edge normalization: a softmax weight per incoming edge, also "
-                                 "multiplied into the derivation's edge scores")
-    fixed_reduction: str | None = opt(None, "a hand-designed reduction cell instead of a searched one: gdas_frc "
-                                            "(GDAS' FRC, the setting of its best CIFAR-10 result)")
-    dirichlet_anchor: float = opt(0.0, "DrNAS: weight of the KL of the Dirichlet to its Dirichlet(1) prior in "
-                                       "the architecture loss (dirichlet sampler only; 0: off)", ge=0)
-    # weight optimizer: batch_size, lr, lr_min, momentum, weight_decay, grad_clip (config.SGDOptions)
-    # architecture optimizer
-    arch_lr: float = opt(3e-4, "Adam learning rate of the architecture parameters (GDAS 3e-4; P-DARTS 6e-4)", ge=0)
-    arch_travel: float = opt(0.0, "if > 0, set each stage's arch lr to arch_travel / (its architecture steps): "
-                                  "Adam moves each alpha by about lr per step, so this fixes how far the "
-                                  "architecture can move in a stage whatever the budget (0: use arch_lr)", ge=0)
-    arch_grad_clip: float = opt(5.0, "gradient-norm clip of the architecture step (P-DARTS: 5; 0: off)", ge=0)
-    arch_betas: list[float] = opt([0.5, 0.999], "Adam betas of the architecture parameters", ge=0, lt=1)
-    arch_weight_decay: float = opt(1e-3, "Adam weight decay of the architecture parameters", ge=0)
-    derived_eval_images: int = opt(10000, "held-out images scoring the derived cell inside the supernet at the end "
-                                          "of each stage (0: skip)", ge=0)
-    plots: bool = opt(True, "write PNG plots (cells, op probabilities, curves) into the run directory")
-    # budget: a cost of the evaluation network in the architecture loss (one target at a time)
-    target_params: str | None = opt(None, "parameter budget of the evaluation network, e.g. 2.5M")
-    target_flops: str | None = opt(None, "FLOPs budget (multiply-adds per image) of the evaluation network, e.g. 600M")
-    target_latency_ms: float | None = opt(None, "latency budget (ms per batch) of the evaluation network on "
-                                                "--latency-device", gt=0)
-    cost_penalty: str = opt("absolute", "form of the cost term: linear (ProxylessNAS), absolute (TuNAS) or log "
-                            "(FBNet)", choices=list(CostPenalty.FORMS))
-    cost_strength: float = opt(1.0, "weight of the cost term (the cost is taken relative to the target)", ge=0)
-    budget_fit: str = opt("exchange", "when the derived network is over the target: exchange ops for cheaper "
-                          "ones (least probability lost per unit of cost), shrink the evaluation channels, "
-                          "or only report", choices=["exchange", "channels", "report"])
-    eval_channels: int = opt(36, "initial channels of the evaluation network the costs refer to", ge=1)
-    eval_layers: int = opt(20, "cells of the evaluation network the costs refer to", ge=3)
-    latency_device: str = opt("cpu", "where latency is measured: cpu or cuda[:N]")
-    latency_batch: int = opt(1, "batch size of the latency measurements", ge=1)
-    latency_dtype: str = opt("float32", "dtype of the latency measurements",
-                             choices=["float32", "float16", "bfloat16"])
-    latency_cache: str | None = opt(None, "latency lookup-table file (default ~/.cache/fastnas/latency.json)")
-    # runtime
-    accumulate: int = opt(1, "shards per process, gradients averaged over them: 1 process with --accumulate N "
-                             "computes what N processes compute", ge=1)
-
-    @property
-    def num_stages(self) -> int:
-        return len(self.cells)
-
-    def stage_partial_channels(self, stage: int) -> int:
-        """K of the partial channel connections in `stage` (one value serves every stage)."""
-        ks = self.partial_channels
-        return ks[0] if len(ks) == 1 else ks[stage]
-
-    _TARGETS = (("params", "target_params"), ("flops", "target_flops"), ("latency", "target_latency_ms"))
-
-    def _given_targets(self) -> list[tuple[str, str]]:
-        """(metric, option name) of every budget set."""
-        return [(m, name) for m, name in self._TARGETS if getattr(self, name) is not None]
-
-    @property
-    def budget(self) -> tuple[str, float] | None:
-        """(metric, target) of the cost budget, or None."""
-        given = self._given_targets()
-        if not given:
-            return None
-        metric, name = given[0]
-        return metric, parse_amount(getattr(self, name), name)
-
-    def validate(self) -> None:
-        n = len(self.cells)
-        if n < 1:
-            raise ConfigError("cells: at least one stage is needed")
-        if len(self.partial_channels) not in (1, n):
-            raise ConfigError(f"partial_channels has {len(self.partial_channels)} entries: give one K for every "
-                              f"stage or one per stage ({n})")
-        for name in ("channels", "ops_kept", "skip_dropout", "epochs", "warmup_epochs"):
-            if len(getattr(self, name)) != n:
-                raise ConfigError(
-                    f"{name} has {len(getattr(self, name))} entries but cells has {n}: one per stage is needed"
-                )
-        unknown = [p for p in self.primitives if not is_primitive(p)]
-        if unknown:
-            raise ConfigError(f"primitives: unknown op(s) {', '.join(unknown)}")
-        if len(set(self.primitives)) != len(self.primitives):
-            raise ConfigError(f"primitives: duplicates in {self.primitives}")
-        if all(p == "none" for p in self.primitives):
-            raise ConfigError("primitives: the derived cell needs at least one op other than 'none'")
-        if "none" in self.primitives and min(self.ops_kept) < 2:
-            raise ConfigError(f"ops_kept {self.ops_kept}: with 'none' among the candidates every stage must keep "
-                              ">= 2 ops (pruning may keep 'none', which the derived cell cannot use)")
-        if self.ops_kept[0] > len(self.primitives):
-            raise ConfigError(
-                f"ops_kept[0]={self.ops_kept[0]} is larger than the {len(self.primitives)} candidate primitives"
-            )
-        for s in range(n):
-            if s and self.ops_kept[s] > self.ops_kept[s - 1]:
-                raise ConfigError(
-                    f"ops_kept: stage {s + 1} keeps {self.ops_kept[s]} ops, more than the "
-                    f"{self.ops_kept[s - 1]} candidates left by stage {s}"
-                )
-            if self.warmup_epochs[s] > self.epochs[s]:
-                raise ConfigError(f"warmup_epochs: stage {s + 1} has {self.warmup_epochs[s]} warm-up epochs of "
-                                  f"{self.epochs[s]}")
-            k = self.stage_partial_channels(s)
-            if self.channels[s] % k:
-                raise ConfigError(f"partial_channels: stage {s + 1} K={k} must divide its "
-                                  f"{self.channels[s]} channels")
-        if self.ops_kept[0] < len(self.primitives):
-            raise ConfigError(
-                f"ops_kept[0]={self.ops_kept[0]} must equal the number of primitives ({len(self.primitives)}); "
-                "set --primitives to choose the first stage's candidates"
-            )
-        if sampler_class(self.sampler).temperature == "none" and (self.tau_start or self.tau_end):
-            raise ConfigError(f"sampler {self.sampler} takes no temperature: leave tau_start and tau_end unset")
-        targets = [name for _, name in self._given_targets()]
-        if len(targets) > 1:
-            raise ConfigError(f"one budget at a time: {' and '.join(targets)} are both set")
-        _ = self.budget  # parses the target: a one-line error for 0, negatives or text
-        if self.fixed_reduction is not None:
-            if self.fixed_reduction not in FIXED_REDUCTION_CELLS:
-                raise ConfigError(f"fixed_reduction must be one of {', '.join(FIXED_REDUCTION_CELLS)}, "
-                                  f"got {self.fixed_reduction!r}")
-            bad = [c for c in self.channels if (2 * c) % 8]
-            if bad:
-                raise ConfigError(f"fixed_reduction {self.fixed_reduction}: channels {bad} give reduction cells "
-                                  "whose width is not a multiple of 8 (its grouped convolutions need it)")
-        if self.dirichlet_anchor > 0 and self.sampler != "dirichlet":
-            raise ConfigError(f"dirichlet_anchor is DrNAS' regulariser of the dirichlet sampler, not {self.sampler}")
-        if self.arch_order == 2 and self.amp == "fp16":
-            raise ConfigError("arch_order 2 does not run under --amp fp16 (no loss scaling through the "
-                              "unrolled step); use bf16 or off")
-        if not (self.latency_device == "cpu" or self.latency_device.startswith("cuda")):
-            raise ConfigError(f"latency_device must be cpu or cuda[:N], got {self.latency_device!r}")
-        if len(self.arch_betas) != 2:
-            raise ConfigError(f"arch_betas must be two numbers in [0, 1), got {self.arch_betas}")
-        self.validate_run_options()
-
-
-_ONE_STAGE = {"cells": [8], "channels": [16], "ops_kept": [8], "skip_dropout": [0.0], "partial_channels": [1],
-              "max_skip": -1}
-
-PRESETS: dict[str, dict] = {
-    # The default, the source's method: P-DARTS' stages (cells 5/11/17, C=16, ops 8/5/3, skip dropout
-    # 0/0.4/0.7, 25 epochs of which 10 warm-up) with GDAS' sampler: hard Gumbel, arch lr 3e-4, tau 10 -> 0.1.
-    "progressive": {},
-    # P-DARTS itself (chenxin061/pdarts train_search.py): softmax mixture (no temperature), arch lr 6e-4.
-    "pdarts": {"sampler": "softmax", "arch_lr": 6e-4},
-    # The source's literal reading of "[9, 13, 19]" as per-stage widths.
-    "patent": {"channels": [9, 13, 19]},
-    # The single-stage methods: one supernet of 8 cells, C=16, all 8 ops, no skip cap, no stage dropout.
-    # DARTS (quark0/darts cnn/train_search.py): 50 epochs, batch 64, SGD 0.025 -> 0.001, Adam 3e-4
-    # (betas 0.5/0.999, wd 1e-3), softmax, arch step from the first epoch, no arch-gradient clip.
-    "darts": {**_ONE_STAGE, "epochs": [50], "warmup_epochs": [0], "batch_size": 64, "lr": 0.025, "lr_min": 0.001,
-              "sampler": "softmax", "arch_lr": 3e-4, "arch_grad_clip": 0.0},
-    # DARTS second order: the same, with the unrolled architecture gradient (--unrolled).
-    "darts2": {**_ONE_STAGE, "epochs": [50], "warmup_epochs": [0], "batch_size": 64, "lr": 0.025,
-               "lr_min": 0.001, "sampler": "softmax", "arch_lr": 3e-4, "arch_grad_clip": 0.0, "arch_order": 2},
-    # PC-DARTS (yuhuixu1993/PC-DARTS train_search.py): K=4, edge normalization, batch 256, SGD 0.1 -> 0,
-    # Adam 6e-4, architecture from epoch 15 of 50.
-    "pcdarts": {**_ONE_STAGE, "epochs": [50], "warmup_epochs": [15], "batch_size": 256, "lr": 0.1,
-                "lr_min": 0.0, "sampler": "softmax", "arch_lr": 6e-4, "arch_grad_clip": 0.0,
-                "partial_channels": [4], "edge_norm": True},
-    # GDAS (D-X-Y/AutoDL-Projects, GDAS on the DARTS space): hard Gumbel, tau 10 -> 0.1 over 240 epochs,
-    # SGD 0.025 -> 0.001, batch 64, Adam 3e-4. Add --fixed-reduction gdas_frc for its FRC setting.
-    # GDAS runs only the sampled op in the architecture step too (straight_through "sampled").
-    "gdas": {**_ONE_STAGE, "epochs": [240], "warmup_epochs": [0], "batch_size": 64, "lr": 0.025, "lr_min": 0.001,
-             "sampler": "gumbel-hard", "arch_lr": 3e-4, "arch_grad_clip": 0.0, "straight_through": "sampled"},
-    # DrNAS (xiangning-chen/DrNAS DARTS-space/train_search.py, progressive): 20 cells, C=36, two stages of 25
-    # epochs (10 warm-up), partial channels K 6 -> 4, ops 8 -> 4, batch 64, SGD 0.1, Adam 6e-4, the
-    # Dirichlet sampler with the KL anchor (reg_scale 1e-3).
-    "drnas": {"cells": [20, 20], "channels": [36, 36], "ops_kept": [8, 4], "skip_dropout": [0.0, 0.0],
-              "epochs": [25, 25], "warmup_epochs": [10, 10], "partial_channels": [6, 4], "batch_size": 64,
-              "lr": 0.1, "lr_min": 0.0, "sampler": "dirichlet", "arch_lr": 6e-4, "arch_grad_clip": 0.0,
-              "dirichlet_anchor": 1e-3, "max_skip": -1},
-    # About 6 minutes on a 2-core CPU, on the embedded data, and the supernet learns. Measured (see
-    # benchmarks/README.md): a single-path (gumbel-hard) supernet does not train in the few hundred steps
-    # such a budget holds, while softmax trains every candidate each step and learns like a fixed
-    # network, so the CPU preset uses softmax. Step costs on a CPU are per op call, not per channel, so
-    # width is cheap and depth/ops are not: 3/4/5 cells against 8/5/3 ops keep each stage about as costly.
-    # The arch lr follows from the budget (arch_travel / architecture steps).
-    "quick": {
-        "cells": [3, 4, 5], "channels": [8, 8, 8], "epochs": [3, 3, 3], "warmup_epochs": [2, 2, 2],
-        "batch_size": 32, "embedded_size": 1000, "lr": 0.05, "sampler": "softmax", "arch_travel": 2.0,
-        "derived_eval_images": 500, "eval_channels": 8, "eval_layers": 5,  # the quick retraining's network
-    },
-    # Seconds on a laptop CPU on the embedded data; still all three stages, pruning and derivation.
-    "smoke": {
-        "cells": [3, 4, 5], "channels": [4, 4, 6], "epochs": [2, 2, 2], "warmup_epochs": [1, 1, 1],
-        "batch_size": 32, "embedded_size": 768, "arch_lr": 3e-3,
-        "derived_eval_images": 256, "eval_channels": 8, "eval_layers": 5,  # the smoke retraining's network
-    },
-}
+from fastnas.infra import config as cfglib
+from fastnas.infra import distributed
+from fastnas.infra.console import progress_bar
+from fastnas.infra.errors import RunError
+from fastnas.infra.rundir import CHECKPOINT_VERSION, RunDir
+from fastnas.infra.runtime import AMP_DTYPES, amp_context, rng_state, set_rng_state
+from fastnas.search.arch_grad import ArchStep
+from fastnas.search.budget import make_budget_term
+from fastnas.search.options import MECHANISMS, SearchConfig
+from fastnas.space.derive import cell_stats, derive_genotype, genotypes_by_skip_count, prune_primitives
+from fastnas.space.genotype import Genotype
+from fastnas.space.sampler import Sample, TemperatureSchedule, make_sampler, sampler_class
+from fastnas.space.supernet import SuperNet
 
 
 def mean_op_probabilities(probs: dict[str, torch.Tensor], edge_primitives: dict[str, list[list[str]]]) -> dict:
@@ -335,25 +93,29 @@ class Searcher:
         self.fault_step = distributed.fault_step(rank)
         self.budget_report = None
         self.global_step = 0
-        # The architecture loss's cost term (a no-op without a budget); refuses unreachable targets.
+        # The architecture loss's cost term (None without a budget); refuses unreachable targets.
         image_size = cfg.image_size if cfg.dataset == "folder" else 32
-        self.penalty = make_penalty(cfg, image_size, self.num_classes, cfg.primitives)
-        # everything added to the architecture's cross-entropy: the budget, DrNAS' anchor
-        self.arch_terms = [self.penalty, *arch_grad.arch_terms(cfg)]
-        self.arch_gradient = arch_grad.make_arch_gradient(cfg.arch_order)
+        self.budget = make_budget_term(cfg, image_size, self.num_classes, cfg.primitives)
+        # everything added to the architecture's cross-entropy: the budget, the mechanisms' terms (DrNAS' anchor)
+        self.arch_terms = [t for t in [self.budget] if t is not None]
+        for mechanism in MECHANISMS:
+            self.arch_terms += mechanism.arch_terms(cfg)
+        self.arch_gradient = cfg.arch_gradient()
 
     # ----------------------------------------------------------------- building
     def build_stage(self, stage: int) -> None:
         cfg = self.cfg
+        options = {}
+        for mechanism in MECHANISMS:  # partial channels, edge normalization, a fixed reduction cell
+            options.update(mechanism.supernet_kwargs(cfg, stage))
         self.net = SuperNet(
             channels=cfg.channels[stage], layers=cfg.cells[stage], num_classes=self.num_classes,
-            primitives=cfg.primitives, edge_primitives=self.edge_primitives,
-            partial_channels=cfg.stage_partial_channels(stage), edge_norm=cfg.edge_norm,
-            fixed_reduction=cfg.fixed_reduction,
+            primitives=cfg.primitives, edge_primitives=self.edge_primitives, **options,
         ).to(self.device, memory_format=self.memory_format)
         if self.edge_primitives is None:
             self.edge_primitives = self.net.edge_primitives
-        self.penalty.bind(self.net.edge_primitives)
+        if self.budget is not None:
+            self.budget.bind(self.net.edge_primitives)
         self.model = self.net
         if self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -438,8 +200,9 @@ class Searcher:
         total = [torch.zeros_like(p) for p in params]
         loss_sum = correct = 0
         for v, (x, y) in enumerate(batches):
-            train_batch = None if train_batches is None else train_batches[v]  # the second order's
-            grads, ce, logits = self.arch_gradient.grads(self, samples, (x, y), train_batch, A)
+            step = ArchStep(net, samples, (x, y), None if train_batches is None else train_batches[v], A,
+                            self.autocast, self.a_scaler.scale, self.arch_loss, self.w_opt)
+            grads, ce, logits = self.arch_gradient.grads(step)
             for t, g in zip(total, grads, strict=True):
                 if g is not None:
                     t += g
@@ -500,8 +263,10 @@ class Searcher:
         n_train *= self.world_size
         n_valid *= self.world_size
         probs = self.net.probabilities(self.sampler)
-        with torch.no_grad():
-            expected = self.penalty.expected(self.net, self.sampler)
+        expected = None
+        if self.budget is not None:
+            with torch.no_grad():
+                expected = self.budget.expected(self.net, self.sampler)
         entropy = {cell: float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean()) for cell, p in probs.items()}
         return {
             "stage": stage + 1, "epoch": epoch + 1, "warmup": warm,
@@ -511,7 +276,8 @@ class Searcher:
             "entropy_normal": entropy["normal"], "entropy_reduce": entropy["reduce"],
             "entropy_max": math.log(probs["normal"].shape[-1]),
             "epoch_time_s": time.perf_counter() - t0, "steps": steps,
-            "expected_cost": None if expected is None else float(expected), "cost_target": self.penalty.target,
+            "expected_cost": None if expected is None else float(expected),
+            "cost_target": None if self.budget is None else self.budget.target,
             "genotype": str(derive_genotype(self.net, self.max_skip(), self.sampler)),
             "op_probabilities": {cell: {"primitives": self.net.edge_primitives[cell], "p": p.tolist()}
                                  for cell, p in probs.items()},
@@ -519,7 +285,7 @@ class Searcher:
         }
 
     def max_skip(self):
-        return None if self.cfg.max_skip < 0 else self.cfg.max_skip
+        return self.cfg.max_skip_or_none()
 
     # ----------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
@@ -577,10 +343,10 @@ class Searcher:
         finally:
             run_bar.close()
         final = derive_genotype(self.net, self.max_skip(), self.sampler)
-        # Over the budget: the best genotype within it (or smaller evaluation channels), as configured.
-        final, self.budget_report = self.penalty.fit(final, self.net.probabilities(self.sampler),
-                                                     self.net.edge_primitives, self.max_skip(), cfg.budget_fit)
-        for line in self.penalty.report_lines(self.budget_report):
+        if self.budget is not None:  # over the budget: the best genotype within it, or smaller channels
+            final, self.budget_report = self.budget.fit(final, self.net.probabilities(self.sampler),
+                                                        self.net.edge_primitives, self.max_skip(), cfg.budget_fit)
+        for line in budget_report_lines(self.budget_report):
             self.run_dir.log(line)
         return final
 
@@ -609,9 +375,12 @@ class Searcher:
                 log(f"stage {stage + 1} epoch {self.epoch}/{cfg.epochs[stage]}: train loss {row['train_loss']:.3f} "
                     f"acc {row['train_acc']:.3f}, {valid}, tau {row['tau']:.2f}, skip dropout "
                     f"{row['skip_dropout']:.3f}, entropy {row['entropy_normal']:.3f}/{row['entropy_max']:.3f}, "
-                    f"{self.penalty.describe(row['expected_cost'])}{row['epoch_time_s']:.1f}s")
+                    f"{self._describe_cost(row)}{row['epoch_time_s']:.1f}s")
                 run_bar.update(1)
             self.finish_stage(stage)
+
+    def _describe_cost(self, row: dict) -> str:
+        return "" if self.budget is None else self.budget.describe(row["expected_cost"])
 
     def finish_stage(self, stage: int) -> None:
         cfg = self.cfg
@@ -721,82 +490,3 @@ def write_results(run: RunDir, searcher: Searcher, genotype: Genotype) -> None:
         "search_time_s": searcher.elapsed, "config": cfglib.to_dict(searcher.cfg),
         "budget": searcher.budget_report,
     })
-
-
-def parse_args(argv=None):
-    parser = cfglib.make_parser("python -m fastnas.search", "Progressive sampled architecture search (three "
-                                "stages by default).", SearchConfig)
-    return vars(parser.parse_args(argv))
-
-
-def main(argv=None) -> int:
-    return cli_main(parse_args, _main, argv)
-
-
-def resume_config(saved: dict, cli: dict) -> SearchConfig:
-    """The config of a search being resumed: its saved options, of which the command line may change
-    only where and how wide it runs. Options added since the run was saved take the value that goes on
-    computing what the run computed."""
-    saved = dict(saved)
-    saved.setdefault("straight_through", "sampled")  # runs before the option computed GDAS' estimator
-    return cfglib.config_for_resume(SearchConfig, saved, cli, ("device", "workers", "dist_timeout", "accumulate"))
-
-
-def _main(args: dict) -> int:
-    resume = args.pop("resume", None)
-    overwrite = bool(args.get("overwrite")) if resume else bool(args.pop("overwrite", False))
-    if resume:
-        run_path = Path(resume)
-        state = load_checkpoint(run_path / "checkpoint.pt")
-        if state.get("kind") != "search":
-            raise RunError(f"{run_path}: checkpoint is not from a search run")
-        cfg = resume_config(state["config"], args)
-    else:
-        cfg = cfglib.build_config(SearchConfig, PRESETS, args, "progressive")
-        run_path = Path(cfg.out) if cfg.out else default_run_dir("search")
-        state = None
-    if cfg.workers:
-        torch.set_num_threads(cfg.workers)
-    ctx, device_name = distributed.init(cfg.device, cfg.dist_timeout)
-    run_path = Path(distributed.broadcast_object(str(run_path)))  # one run directory for all ranks
-    try:
-        code = _run(cfg, run_path, state, ctx, resolve_device(device_name), overwrite)
-        # Leave together: a process tearing its group down while rank 0 still writes can abort gloo.
-        distributed.barrier()
-        return code
-    finally:
-        distributed.shutdown(ctx)
-
-
-def _run(cfg: SearchConfig, run_path: Path, state: dict | None, ctx, device, overwrite: bool = False) -> int:
-    seed_everything(cfg.seed, cfg.deterministic)
-    # Only rank 0 writes; it owns the directory (a lock) for the run's lifetime.
-    run = RunDir(run_path, enabled=ctx.is_main, resume=state is not None, overwrite=overwrite)
-    if run.moved_aside:
-        run.log(f"--overwrite: the run that was in {run_path} is now in {run.moved_aside}")
-    cfg.out = str(run_path)
-    if run.enabled:
-        cfglib.save_yaml(cfg, run.path / "config.yaml")
-    searcher = Searcher(cfg, run, device, rank=ctx.rank, world_size=ctx.world_size)
-    if state is not None:
-        searcher.load_state_dict(state)
-        done = (searcher.stage, searcher.epoch)
-        run.truncate_metrics(lambda r: (r["stage"] - 1, r["epoch"]) <= done)
-        run.log(f"resumed {run_path} at stage {searcher.stage + 1}, epoch {searcher.epoch}"
-                + (f" on {ctx.world_size} processes" if ctx.enabled else "")
-                + (f"; changed: {', '.join(cfg._resume_changes)}" if getattr(cfg, "_resume_changes", None) else ""))
-    else:
-        run.log(f"search: preset {cfg.preset}, sampler {cfg.sampler}, dataset {cfg.dataset}, device {device}, "
-                f"run dir {run_path}" + (f", {ctx.world_size} processes ({ctx.backend})" if ctx.enabled else ""))
-    genotype = searcher.run(resumed=state is not None)
-    write_results(run, searcher, genotype)
-    if ctx.enabled:  # every rank derives the genotype itself: show that they agree
-        print(f"rank {ctx.rank} genotype: {genotype}", flush=True)
-    run.log(f"genotype: {genotype}")
-    run.log(f"search time {searcher.elapsed:.1f}s; results in {run_path}")
-    run.close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,9 +1,5 @@
-"""Architecture-step pieces the search loop calls: extra loss terms and the architecture gradient.
+"""The architecture gradient, first or second order (the ``arch_order`` mechanism).
 
-- :class:`DirichletAnchor`: DrNAS' anchor regulariser, ``scale * sum_edges KL(Dir(elu(alpha) + 1) ||
-  Dir(1))`` over both cell types (xiangning-chen/DrNAS, DARTS-space/model_search.py ``_get_kl_reg``,
-  ``reg_scale`` 1e-3). It pulls the concentrations towards the uniform prior so the Dirichlet does not
-  become confident too early.
 - :class:`FirstOrder` / :class:`SecondOrder` (``make_arch_gradient(order)``): one shard's gradient of
   the architecture loss w.r.t. ``net.arch_parameters()``, at the current weights or DARTS' unrolled ones.
 - :func:`unrolled_arch_grads`: DARTS' second-order architecture gradient (quark0/darts,
@@ -15,33 +11,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-
-class DirichletAnchor:
-    """DrNAS' KL anchor towards the Dirichlet(1) prior, added to the architecture loss."""
-
-    def __init__(self, scale: float):
-        self.scale = float(scale)
-
-    def value(self, net) -> torch.Tensor:
-        total = 0.0
-        for alpha in net.named_arch_parameters().values():
-            a = alpha if alpha.dtype == torch.float64 else alpha.float()
-            q = torch.distributions.Dirichlet(F.elu(a) + 1)
-            p = torch.distributions.Dirichlet(torch.ones_like(a))
-            total = total + torch.distributions.kl_divergence(q, p).sum()
-        return total
-
-    def __call__(self, loss, net, sampler):
-        return loss + self.scale * self.value(net)
+from fastnas.infra.config import opt
+from fastnas.infra.errors import ConfigError
+from fastnas.search.mechanism import Mechanism
 
 
-def arch_terms(cfg) -> list:
-    """The loss terms the search's config asks for beyond the budget penalty."""
-    return [DirichletAnchor(cfg.dirichlet_anchor)] if cfg.dirichlet_anchor > 0 else []
+@dataclass
+class ArchStep:
+    """What one shard's architecture gradient needs: the supernet and the architecture to score, the
+    held-out batch, the weight step's batch (DARTS' second order unrolls on it), and from the searcher
+    its autocast, loss scaling, architecture loss and weight optimizer."""
+
+    net: torch.nn.Module
+    samples: dict
+    batch: tuple
+    train_batch: tuple | None
+    shards: int
+    autocast: Callable
+    scale: Callable  # loss -> the loss the backward pass sees (fp16 loss scaling)
+    arch_loss: Callable  # cross-entropy -> the architecture loss (budget, anchor terms added)
+    w_opt: torch.optim.Optimizer
 
 
 def _loss(net, params, buffers, x, y, samples, autocast):
@@ -107,20 +103,19 @@ def unrolled_arch_grads(net, samples, train_batch, valid_batch, w_opt, lr: float
 
 
 class FirstOrder:
-    """The architecture loss's gradient at the current weights (DARTS 1st order, GDAS, PC-DARTS, DrNAS).
-    ``grads(searcher, samples, batch, train_batch, shards)`` -> (gradients / shards, cross-entropy,
-    logits); the loss is scaled by the searcher's architecture GradScaler (fp16)."""
+    """The architecture loss's gradient at the current weights (DARTS 1st order, GDAS, PC-DARTS, DrNAS):
+    ``grads(step)`` -> (gradients / shards, cross-entropy, logits)."""
 
-    def grads(self, searcher, samples, batch, train_batch, shards: int):
-        net, (x, y) = searcher.net, batch
-        with searcher.autocast():
-            logits = net(x, samples)  # not through DDP: the search reduces these gradients itself
+    def grads(self, step: ArchStep):
+        net, (x, y) = step.net, step.batch
+        with step.autocast():
+            logits = net(x, step.samples)  # not through DDP: the search reduces these gradients itself
             ce = F.cross_entropy(logits.float(), y)
-        loss = searcher.arch_loss(ce)
+        loss = step.arch_loss(ce)
         # allow_unused: with fewer than 3 cells there is no normal cell (both alphas exist regardless);
         # retain_graph: the samples' graph from the alphas serves every shard
-        grads = torch.autograd.grad(searcher.a_scaler.scale(loss / shards), net.arch_parameters(),
-                                    allow_unused=True, retain_graph=shards > 1)
+        grads = torch.autograd.grad(step.scale(loss / step.shards), net.arch_parameters(),
+                                    allow_unused=True, retain_graph=step.shards > 1)
         return grads, ce, logits
 
 
@@ -128,11 +123,28 @@ class SecondOrder:
     """DARTS' second order (:func:`unrolled_arch_grads`) on the shard's training batch, at the weight
     optimizer's current lr (no loss scaling: the config refuses fp16 with it)."""
 
-    def grads(self, searcher, samples, batch, train_batch, shards: int):
-        lr = searcher.w_opt.param_groups[0]["lr"]
-        grads, ce, logits = unrolled_arch_grads(searcher.net, samples, train_batch, batch, searcher.w_opt, lr,
-                                                searcher.arch_loss, searcher.autocast)
-        return [None if g is None else g / shards for g in grads], ce, logits
+    def grads(self, step: ArchStep):
+        lr = step.w_opt.param_groups[0]["lr"]
+        grads, ce, logits = unrolled_arch_grads(step.net, step.samples, step.train_batch, step.batch, step.w_opt, lr,
+                                                step.arch_loss, step.autocast)
+        return [None if g is None else g / step.shards for g in grads], ce, logits
+
+
+@dataclass
+class ArchOrder(Mechanism):
+    """DARTS' second order (quark0/darts cnn/architect.py ``_backward_step_unrolled``) as an option."""
+
+    arch_order: int = opt(1, "architecture gradient: 1 first order, 2 DARTS' second order (one-step unrolled "
+                             "weights, finite-difference Hessian-vector product)", choices=[1, 2])
+
+    def check(self) -> None:
+        if self.arch_order == 2 and self.amp == "fp16":
+            raise ConfigError("arch_order 2 does not run under --amp fp16 (no loss scaling through the "
+                              "unrolled step); use bf16 or off")
+
+    def arch_gradient(self):
+        """The architecture gradient of this order."""
+        return make_arch_gradient(self.arch_order)
 
 
 def make_arch_gradient(order: int):

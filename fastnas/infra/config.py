@@ -1,23 +1,24 @@
 """Configuration as dataclasses, filled from presets, a YAML file and the command line (in that order
-of precedence, the command line last), validated with one-line errors, saved with every run."""
+of precedence, the command line last), validated with one-line errors, saved with every run.
+
+A leaf: it knows dataclass fields and their metadata (help, choices, bounds), nothing of what the
+options mean. Option groups (:mod:`fastnas.infra.options`, each layer's own) are dataclasses whose
+fields are made with :func:`opt`; a config class combines groups by inheritance and its ``validate()``
+runs every group's cross-field rules.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import math
-import os
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
-from fastnas.data import DATASETS
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run, with the offending option named."""
+from fastnas.infra.errors import ConfigError
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -32,36 +33,6 @@ def opt(default, help: str, **kw):
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
-
-
-@dataclass
-class RunOptions:
-    """Options every run CLI shares: the data, and where and how the run executes."""
-
-    dataset: str = opt("embedded", "embedded (offline default), cifar10, cifar100 or folder", choices=list(DATASETS))
-    data_dir: str = opt("data", "folder holding the dataset (CIFAR batches or train/ and test/ image folders)")
-    download: bool = opt(False, "download CIFAR into --data-dir when missing (needs network)")
-    embedded_size: int = opt(2000, "training images of the embedded dataset", ge=4)
-    image_size: int = opt(32, "image side for the folder dataset", ge=8, le=4096)
-    seed: int = opt(0, "random seed (data split, initialization, sampling)", ge=0, le=2**63 - 1)
-    deterministic: bool = opt(False, "deterministic algorithms: a resumed run ends like an uninterrupted one")
-    amp: str = opt("off", "mixed precision", choices=["off", "bf16", "fp16"])
-    channels_last: bool = opt(False, "channels_last memory format")
-    workers: int = opt(0, "CPU threads for intra-op parallelism (0: torch's default)", ge=0, le=4096)
-    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
-    out: str | None = opt(None, "run directory (default runs/<search|train>-<time>)")
-    max_steps: int = opt(0, "cap on steps per epoch (0: a full pass over the training data)", ge=0)
-    dist_timeout: float = opt(300.0, "seconds a collective may wait for the other processes (torchrun)", gt=0)
-
-    def validate_run_options(self) -> None:
-        """The cross-field rules of these options (each one's own bounds are in check_fields)."""
-        if self.dataset == "embedded":  # generated in memory as uint8: refuse what cannot fit before allocating
-            need = 2 * self.embedded_size * 3 * 32 * 32  # training images and a test set as large
-            ram = _physical_memory()
-            if ram and need > ram:
-                raise ConfigError(f"embedded_size={self.embedded_size} needs {need / 2**30:.1f} GiB of images, more "
-                                  f"than this machine's {ram / 2**30:.1f} GiB of memory")
-        check_device(self.device)
 
 
 INT64_MAX = 2**63 - 1
@@ -89,43 +60,6 @@ def check_fields(cfg) -> None:
             for key, (ok, sign) in _BOUNDS.items():
                 if key in f.metadata and not ok(v, f.metadata[key]):
                     raise ConfigError(f"option {f.name!r} must be {sign} {f.metadata[key]}, got {v}")
-
-
-def _physical_memory() -> int:
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 0
-
-
-def check_device(name: str) -> None:
-    """auto, cpu, cuda or cuda:N, and a CUDA device that exists on this machine."""
-    import re
-
-    import torch
-
-    m = re.fullmatch(r"auto|cpu|cuda(?::(\d+))?", name)
-    if not m:
-        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
-    if name.startswith("cuda"):
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ConfigError(f"device {name!r}: no CUDA device is visible on this machine")
-        if m.group(1) is not None and int(m.group(1)) >= count:
-            raise ConfigError(f"device {name!r}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
-
-
-@dataclass
-class SGDOptions:
-    """The weight optimizer's options, shared by the search and the retraining: SGD with momentum and
-    a cosine learning-rate schedule (per stage in a search), as DARTS and its successors use."""
-
-    batch_size: int = opt(96, "batch size (a search uses it for both the weight and the architecture step)", ge=1)
-    lr: float = opt(0.025, "SGD learning rate (cosine-annealed; per stage in a search)", gt=0)
-    lr_min: float = opt(0.0, "final learning rate of the cosine schedule", ge=0)
-    momentum: float = opt(0.9, "SGD momentum", ge=0, lt=1)
-    weight_decay: float = opt(3e-4, "SGD weight decay", ge=0)
-    grad_clip: float = opt(5.0, "gradient-norm clip of the weight step (0: off)", ge=0)
 
 
 def _field_type(cls, f):
@@ -223,27 +157,36 @@ def make_parser(prog: str, description: str, cls) -> OneLineErrorParser:
     return parser
 
 
-def config_for_resume(cls, saved: dict, cli: dict, keys: tuple[str, ...]):
-    """The saved config of a run being resumed. Of the command line only `keys` (where and how wide it
-    runs) may change it, since what it computes may not: any other option is a one-line error rather
-    than silently ignored. The options applied are listed in ``cfg._resume_changes`` for the log."""
-    refused = sorted(k for k in cli if k not in keys and k != "overwrite")
+def refuse_changes(saved: dict, given: dict, may_change: tuple[str, ...], what: str = "a run") -> list[str]:
+    """The one rule of every ``--resume``: a run goes on computing what it computed, so of the options
+    typed now (`given`) only those in `may_change` (where and how wide it runs) may differ from the
+    `saved` ones. Any other that differs is a ConfigError naming it; returns ``"name old -> new"`` for
+    each allowed change, for the log."""
+    refused = sorted(k for k, v in given.items() if k not in may_change and saved.get(k, _MISSING) != v)
     if refused:
-        names = ", ".join("--" + k.replace("_", "-") for k in refused)
-        allowed = ", ".join("--" + k.replace("_", "-") for k in keys)
-        raise ConfigError(f"--resume continues a run with its saved options: {names} cannot change "
-                          f"(only {allowed} can); start a new run to change them")
-    if cli.get("overwrite"):
+        names = ", ".join(f"--{k.replace('_', '-')} ({saved.get(k)!r} saved, {given[k]!r} given)" for k in refused)
+        allowed = f" (only {', '.join('--' + k.replace('_', '-') for k in may_change)} can)" if may_change else ""
+        raise ConfigError(f"--resume continues {what} with its saved options: {names} cannot change{allowed}; "
+                          "start a new run to change them")
+    return [f"{k} {saved.get(k)} -> {v}" for k, v in given.items() if k in may_change and saved.get(k) != v]
+
+
+_MISSING = object()
+
+
+def config_for_resume(cls, saved: dict, cli: dict, keys: tuple[str, ...]):
+    """The saved config of a run being resumed, with the command line's changes to `keys` applied
+    (see :func:`refuse_changes`). Returns ``(config, changes)``."""
+    cli = dict(cli)
+    if cli.pop("overwrite", False):
         raise ConfigError("--overwrite and --resume exclude each other")
+    changes = refuse_changes(saved, cli, keys)
     cfg = from_dict(cls, saved)
-    changes = []
     for key in keys:
-        if key in cli and cli[key] != getattr(cfg, key, None):
-            changes.append(f"{key} {getattr(cfg, key, None)} -> {cli[key]}")
+        if key in cli:
             setattr(cfg, key, _coerce(cls, key, cli[key]))
     _validate(cfg)
-    cfg._resume_changes = changes
-    return cfg
+    return cfg, changes
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -280,10 +223,17 @@ def build_config(cls, presets: dict[str, dict], cli: dict, default_preset: str):
 
 
 def _validate(cfg) -> None:
-    """Every field's own bounds first (check_fields), then the config's cross-field rules (validate(),
-    which counts on the bounds holding): the one way a config is checked."""
+    """Every field's own bounds first (check_fields), then the cross-field rules, which count on the
+    bounds holding: each option group's ``check()``, base groups first, the config class's own last.
+    The one way a config is checked."""
     check_fields(cfg)
-    cfg.validate()
+    for cls in reversed(type(cfg).__mro__):
+        check = cls.__dict__.get("check")
+        if check is not None:
+            check(cfg)
+
+
+validate = _validate
 
 
 def to_dict(cfg) -> dict:
@@ -303,7 +253,6 @@ def from_dict(cls, d: dict):
 
 
 __all__ = [
-    "ConfigError", "RunOptions", "SGDOptions", "OneLineErrorParser", "make_parser", "config_for_resume", "opt",
+    "ConfigError", "OneLineErrorParser", "make_parser", "config_for_resume", "refuse_changes", "opt",
     "add_arguments", "build_config", "load_yaml", "save_yaml", "to_dict", "from_dict", "dataclass", "check_fields",
-    "check_device",
 ]

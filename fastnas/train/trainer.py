@@ -1,108 +1,29 @@
-"""S3 retraining: ``python -m fastnas.train --genotype X``.
+"""S3 retraining: the :class:`Trainer` (``fastnas train`` runs it), evaluation of a network on held
+data, its size report and export.
 
-X is a published name (DARTS_V2, PDARTS, ...), a genotype.json, a search run directory, or a pasted
-DARTS ``Genotype(...)`` string. Defaults are the DARTS/P-DARTS CIFAR recipe (preset ``darts``):
-EvalNetwork C=36, 20 cells, auxiliary weight 0.4, cutout 16, drop-path 0.3 ramped linearly, SGD
-0.025 cosine, momentum 0.9, wd 3e-4, grad clip 5, 600 epochs. The headline is the final-epoch test
-error; the best epoch is reported too, labelled as such.
+Defaults are the DARTS/P-DARTS CIFAR recipe (preset ``darts``): EvalNetwork C=36, 20 cells, auxiliary
+weight 0.4, cutout 16, drop-path 0.3 ramped linearly, SGD 0.025 cosine, momentum 0.9, wd 3e-4, grad
+clip 5, 600 epochs. The headline is the final-epoch test error; the best epoch is reported too,
+labelled as such.
 """
 
 from __future__ import annotations
 
-import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from fastnas import config as cfglib
-from fastnas import distributed
-from fastnas.config import ConfigError, RunOptions, SGDOptions, opt
 from fastnas.data import BatchStream, augment, cutout, load_dataset, normalize
-from fastnas.genotype import Genotype, GenotypeError
-from fastnas.network import EvalNetwork
-from fastnas.runs import (
-    AMP_DTYPES,
-    RunDir,
-    RunError,
-    amp_context,
-    cli_main,
-    default_run_dir,
-    load_checkpoint,
-    progress_bar,
-    resolve_device,
-    rng_state,
-    seed_everything,
-    set_rng_state,
-)
-
-CHECKPOINT_VERSION = 1
-
-
-@dataclass
-class TrainConfig(SGDOptions, RunOptions):
-    """All options of a retraining run (see ``python -m fastnas.train --help``)."""
-
-    genotype: str | None = opt(None, "published name, genotype.json, search run dir or DARTS Genotype(...) string")
-    preset: str = opt("darts", "darts (the published recipe), quick (the study's CPU budget) or smoke (seconds)",
-                      choices=["darts", "quick", "smoke"])
-    channels: int = opt(36, "initial channels C", ge=1)
-    layers: int = opt(20, "cells", ge=1)
-    auxiliary: bool = opt(True, "auxiliary head after 2/3 of the depth")
-    auxiliary_weight: float = opt(0.4, "weight of the auxiliary loss", ge=0)
-    drop_path: float = opt(0.3, "final drop-path rate (ramped linearly from 0 over training)", ge=0, lt=1)
-    cutout: int = opt(16, "cutout square side (0: off)", ge=0)
-    epochs: int = opt(600, "training epochs", ge=1)
-    # batch_size, lr, lr_min, momentum, weight_decay, grad_clip: config.SGDOptions
-    compile: bool = opt(False, "torch.compile the network")
-    pin_memory: bool = opt(True, "pinned host memory for batches copied to a GPU")
-    export: bool = opt(True, "export the final model (safetensors or state dict, and torch.export)")
-    sync_bn: bool = opt(False, "SyncBatchNorm across processes (GPU runs under torchrun)")
-    plots: bool = opt(True, "write curves.png (loss, accuracy, learning rate per epoch)")
-    report_cost: bool = opt(False, "print the genotype's cost report (parameters, FLOPs; latency with "
-                                   "--latency-device) for this network and exit without training")
-    latency_device: str | None = opt(None, "with --report-cost: also measure latency on cpu or cuda[:N]")
-    latency_batch: int = opt(1, "with --report-cost: batch size of the latency measurement", ge=1)
-
-    def validate(self) -> None:
-        if not self.genotype:
-            raise ConfigError("--genotype is required (a published name, genotype.json, run dir or DARTS string)")
-        if self.auxiliary and self.layers < 2:
-            raise ConfigError(f"layers={self.layers} leaves no cell for the auxiliary head (after 2/3 of the "
-                              "depth): use --layers >= 2 or --no-auxiliary")
-        side = self.image_size if self.dataset == "folder" else 32
-        if self.cutout > side:
-            raise ConfigError(f"cutout={self.cutout} is larger than the {side}x{side} images")
-        if self.latency_device is not None and not (self.latency_device == "cpu"
-                                                    or self.latency_device.startswith("cuda")):
-            raise ConfigError(f"latency_device must be cpu or cuda[:N], got {self.latency_device!r}")
-        self.validate_run_options()
-
-
-PRESETS: dict[str, dict] = {
-    "darts": {},
-    # The CPU retraining budget of `fastnas.study` on the embedded data: ~100 steps of a small network,
-    # the same for every cell compared; 500 test images.
-    "quick": {"channels": 8, "layers": 5, "epochs": 3, "batch_size": 64, "embedded_size": 2000, "lr": 0.05,
-              "drop_path": 0.1, "cutout": 0},
-    "smoke": {"channels": 8, "layers": 5, "epochs": 5, "batch_size": 64, "embedded_size": 1500, "lr": 0.05,
-              "drop_path": 0.1, "cutout": 0},
-}
-
-
-def resolve_genotype(spec: str) -> Genotype:
-    """A published name, a genotype.json, a search run directory, or a DARTS Genotype(...) string."""
-    path = Path(str(spec))
-    try:
-        if path.is_dir():
-            if not (path / "genotype.json").is_file():
-                raise GenotypeError(f"{path} holds no genotype.json (has its search finished?)")
-            return Genotype.from_json(path / "genotype.json")
-    except OSError:
-        pass
-    return Genotype.load(spec)
+from fastnas.infra import config as cfglib
+from fastnas.infra import distributed
+from fastnas.infra.console import progress_bar
+from fastnas.infra.errors import RunError
+from fastnas.infra.rundir import CHECKPOINT_VERSION, RunDir
+from fastnas.infra.runtime import AMP_DTYPES, amp_context, rng_state, set_rng_state
+from fastnas.space.genotype import Genotype
+from fastnas.space.network import EvalNetwork
+from fastnas.train.options import TrainConfig
 
 
 class Trainer:
@@ -323,133 +244,3 @@ def export_model(run: RunDir, net: EvalNetwork, image_size: int, device) -> list
     except Exception as exc:  # export is a convenience: report, don't fail the run
         run.log(f"warning: torch.export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
     return written
-
-
-def parse_args(argv=None):
-    parser = cfglib.make_parser("python -m fastnas.train", "Retrain a genotype from scratch and report its test "
-                                "error.", TrainConfig)
-    return vars(parser.parse_args(argv))
-
-
-def main(argv=None) -> int:
-    return cli_main(parse_args, _main, argv)
-
-
-def prepare(args: dict) -> tuple[TrainConfig, Path, dict | None]:
-    """Config, run directory and (when resuming) the checkpoint, from parsed arguments."""
-    resume = args.pop("resume", None)
-    if resume:
-        run_path = Path(resume)
-        state = load_checkpoint(run_path / "last.pt")
-        if state.get("kind") != "train":
-            raise RunError(f"{run_path}: checkpoint is not from a training run")
-        cfg = cfglib.config_for_resume(TrainConfig, state["config"], args, ("device", "workers", "dist_timeout"))
-        return cfg, run_path, state
-    cfg = cfglib.build_config(TrainConfig, PRESETS, args, "darts")
-    return cfg, Path(cfg.out) if cfg.out else default_run_dir("train"), None
-
-
-def train(cfg: TrainConfig, run_path: Path, state: dict | None = None, overwrite: bool = False) -> dict:
-    """Run (or resume) a retraining and write its report; returns the report. Under torchrun every
-    process runs this; only rank 0 writes. `overwrite`: `run_path` may hold another run, which is moved
-    aside (see :class:`fastnas.runs.RunDir`)."""
-    genotype = resolve_genotype(cfg.genotype) if state is None else Genotype.from_dict(state["genotype"])
-    if cfg.workers:
-        torch.set_num_threads(cfg.workers)
-    ctx, device_name = distributed.init(cfg.device, cfg.dist_timeout)
-    run_path = Path(distributed.broadcast_object(str(run_path)))  # one run directory for all ranks
-    try:
-        result = _train(cfg, run_path, state, genotype, ctx, resolve_device(device_name), overwrite)
-        # Leave together: a process tearing its group down while rank 0 still writes can abort gloo.
-        distributed.barrier()
-        return result
-    finally:
-        distributed.shutdown(ctx)
-
-
-def _train(cfg: TrainConfig, run_path: Path, state: dict | None, genotype: Genotype, ctx, device,
-           overwrite: bool = False) -> dict:
-    seed_everything(cfg.seed, cfg.deterministic)
-    run = RunDir(run_path, enabled=ctx.is_main, resume=state is not None, overwrite=overwrite)
-    if run.moved_aside:
-        run.log(f"--overwrite: the run that was in {run_path} is now in {run.moved_aside}")
-    cfg.out = str(run_path)
-    if run.enabled:
-        cfglib.save_yaml(cfg, run.path / "config.yaml")
-    trainer = Trainer(cfg, run, device, genotype, rank=ctx.rank, world_size=ctx.world_size)
-    report = model_report(trainer.net, cfg.image_size if cfg.dataset == "folder" else 32, device)
-    if state is not None:
-        trainer.load_state_dict(state)
-        run.truncate_metrics(lambda r: r["epoch"] <= trainer.epoch)
-        run.log(f"resumed {run_path} at epoch {trainer.epoch}"
-                + (f"; changed: {', '.join(cfg._resume_changes)}" if getattr(cfg, "_resume_changes", None) else ""))
-    else:
-        run.write_text("genotype.json", genotype.to_json() + "\n")
-        run.log(f"train: {genotype}")
-        run.log(f"{cfg.dataset}, {cfg.layers} cells, C={cfg.channels}: {report['params']:,} parameters "
-                f"({report['params_with_auxiliary']:,} with the auxiliary head), {report['macs'] / 1e6:.1f}M MACs; "
-                f"device {device}, run dir {run_path}")
-    last = trainer.run()
-    if not last:  # resumed a finished run
-        last = {**trainer.evaluate(), "epoch": trainer.epoch}
-    exported = export_model(run, trainer.net, 32 if cfg.dataset != "folder" else cfg.image_size, device) \
-        if cfg.export and run.enabled else []
-    result = {
-        "genotype": genotype.to_dict(), "genotype_text": str(genotype), **report,
-        "epochs": trainer.epoch, "final_test_error": last["test_error"], "final_test_acc": last["test_acc"],
-        "best_epoch_test_acc": trainer.best["test_acc"], "best_epoch": trainer.best["epoch"],
-        "train_time_s": trainer.elapsed, "seed": cfg.seed, "dataset": cfg.dataset, "exported": exported,
-    }
-    run.write_json("report.json", result)
-    if cfg.plots and run.enabled:
-        try:
-            from fastnas import plots
-
-            plots.train_curves(run.path)
-        except Exception as exc:  # a picture is a convenience: report, don't fail the run
-            run.log(f"warning: curves.png not drawn: {type(exc).__name__}: {exc}")
-    run.log(f"final test error {result['final_test_error'] * 100:.2f}% after {trainer.epoch} epochs (seed {cfg.seed}; "
-            f"best epoch {trainer.best['epoch']}: {(1 - trainer.best['test_acc']) * 100:.2f}%, shown for reference)")
-    run.log(f"results in {run_path}")
-    run.close()
-    return result
-
-
-def report_cost(cfg: TrainConfig) -> dict:
-    """The cost report of the network this config would train (see :mod:`fastnas.cost`), printed."""
-    from fastnas import cost
-
-    if cfg.dataset == "cifar100":
-        num_classes = 100
-    elif cfg.dataset == "folder":
-        train_dir = Path(cfg.data_dir).expanduser() / "train"
-        if not train_dir.is_dir():
-            raise ConfigError(f"folder dataset: {train_dir} is not a directory")
-        num_classes = sum(p.is_dir() for p in train_dir.iterdir())
-    else:
-        num_classes = 10
-    shape = cost.EvalShape(cfg.channels, cfg.layers, cfg.image_size if cfg.dataset == "folder" else 32, num_classes)
-    latency = None
-    if cfg.latency_device:
-        if cfg.latency_device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"latency_device {cfg.latency_device}: no CUDA device here")
-        latency = cost.LatencyTable(cost.LatencySetting(cfg.latency_device, cfg.latency_batch, "float32",
-                                                        cfg.channels_last), cost.default_latency_cache())
-    genotype = resolve_genotype(cfg.genotype)
-    rep = cost.cost_report(genotype, shape, latency)
-    print(f"{genotype}\n{cost.format_report(rep)}")
-    return rep
-
-
-def _main(args: dict) -> int:
-    overwrite = False if "resume" in args else bool(args.pop("overwrite", False))
-    cfg, run_path, state = prepare(args)
-    if cfg.report_cost:
-        report_cost(cfg)
-        return 0
-    train(cfg, run_path, state, overwrite)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

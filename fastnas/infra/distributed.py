@@ -109,3 +109,26 @@ def run_in_group(device: str, body, *args):
         return result
     finally:
         shutdown(ctx)
+
+
+# gloo reports a dead peer or a timeout as a plain RuntimeError (torch 2.14: "Connection closed by peer",
+# "Timed out"), NCCL and the store as torch.distributed.DistError: the type covers the latter, and within
+# a process group the text of gloo's messages the former.
+_PEER_MARKERS = ("gloo", "nccl", "connection", "timed out", "timeout", "peer", "socket", "broken pipe")
+
+
+def is_peer_failure(exc: BaseException) -> bool:
+    """A collective that failed because another process went away (not a bug of ours)."""
+    if isinstance(exc, dist.DistError):
+        return True
+    if not isinstance(exc, RuntimeError) or not launched_by_torchrun():
+        return False
+    msg = str(exc).lower()
+    return any(m in msg for m in _PEER_MARKERS)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """The one line a process prints when its distributed run failed."""
+    rank = os.environ.get("RANK", "?")
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    return f"distributed run failed on rank {rank} (a peer process died or timed out): {first}"

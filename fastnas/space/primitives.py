@@ -30,6 +30,9 @@ PRIMITIVES: tuple[str, ...] = (
     "dil_conv_5x5",
 )
 
+# Ops with no weights: what a collapsed cell fills up with (DARTS' failure mode), counted per derived cell.
+PARAMETER_FREE = ("skip_connect", "max_pool_3x3", "avg_pool_3x3", "none", "noise")
+
 OpFactory = Callable[[int, int, bool], nn.Module]
 
 

@@ -1,0 +1,55 @@
+"""What every benchmark script shares: this checkout first on ``sys.path`` (the one place that does it),
+one configuration per worker subprocess (a fresh process, so peak memory and thread settings are that
+configuration's alone), and writing results as JSON and a Markdown table.
+
+    import harness  # first among the local imports: the checkout's fastnas is the one benchmarked
+
+    if args.worker:                       # inside the subprocess
+        return harness.worker_reply(measure(args.worker, ...))
+    row = harness.run_worker(__file__, name, ["--batch", "32"])   # in the parent, one per config
+    harness.write_results(args.out, "search_step", rows, table)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # the checkout's fastnas, whatever else is installed
+    sys.path.insert(0, str(ROOT))
+
+WORKER_FLAG = "--worker"
+
+
+def worker_reply(row: dict) -> int:
+    """Inside a worker: hand one result row to the parent (the last line of stdout)."""
+    print(json.dumps(row), flush=True)
+    return 0
+
+
+def run_worker(script: str, name: str, args: list[str], *, env: dict | None = None,
+               timeout: float | None = None) -> dict:
+    """Run `script --worker name args...` in a fresh interpreter; its row, or ``{"error": last line}``
+    (a failed configuration is reported, the others still run)."""
+    cmd = [sys.executable, os.path.abspath(script), WORKER_FLAG, name, *map(str, args)]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"config": name, "error": f"timed out after {timeout} s"}
+    if r.returncode != 0:
+        return {"config": name, "error": (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1][:300]}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def write_results(out: str | os.PathLike | None, stem: str, rows, markdown: str) -> None:
+    """``<out>/<stem>.json`` (the rows) and ``<out>/<stem>.md`` (the table); nothing without `out`."""
+    if not out:
+        return
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (out / f"{stem}.md").write_text(markdown.rstrip() + "\n")

@@ -1,0 +1,316 @@
+"""``fastnas study`` (``python -m fastnas.study``): searched vs random cells, honestly.
+
+For each seed: a search with each requested sampler, and N random genotypes drawn from the same space
+under the same rules (two distinct inputs per node, no 'none', the normal cell's skip cap); every cell is
+retrained with the same recipe, budget and seed, and scored by its final-epoch test accuracy. Reported per
+seed and overall: the searched cell's accuracy, the random cells' mean and spread, the searched cell's
+rank among them, the relative improvement over the random mean, and search and retraining time.
+
+Everything lives in one study directory (sub-runs under ``search/`` and ``train/``); ``--resume DIR``
+continues a killed study where it stopped (finished runs are reused, a cut run resumes from its
+checkpoint), and under torchrun every sub-run uses all processes. Writes ``study.json``, ``study.md``
+and ``study.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+from pathlib import Path
+
+import yaml
+
+from fastnas import plots
+from fastnas.cli import search as search_cli
+from fastnas.cli import train as train_cli
+from fastnas.cli.common import cli_main
+from fastnas.infra import config as cfglib
+from fastnas.infra import distributed
+from fastnas.infra.errors import ConfigError, RunError
+from fastnas.infra.options import DATASETS
+from fastnas.infra.rundir import RunDir, default_run_dir
+from fastnas.search import PRESETS as SEARCH_PRESETS
+from fastnas.search import SearchConfig
+from fastnas.space.genotype import random_genotype
+from fastnas.space.primitives import PRIMITIVES, is_primitive
+from fastnas.space.sampler import SAMPLERS
+from fastnas.train import PRESETS as TRAIN_PRESETS
+
+
+def parse_args(argv=None):
+    p = cfglib.OneLineErrorParser(prog="fastnas study", description=__doc__.split("\n")[0],
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--samplers", nargs="+", default=None, choices=list(SAMPLERS),
+                   help="one search per sampler and seed (default: the search preset's sampler)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="search and retraining seeds")
+    p.add_argument("--random", type=int, default=8, help="random genotypes, each retrained with every seed")
+    p.add_argument("--random-seed", type=int, default=1234, help="seed of the random genotypes")
+    p.add_argument("--search-preset", default="quick", choices=list(SEARCH_PRESETS))
+    p.add_argument("--train-preset", default="quick", choices=list(TRAIN_PRESETS))
+    p.add_argument("--search-config", default=None, metavar="FILE.yaml", help="search options (fastnas.search)")
+    p.add_argument("--train-config", default=None, metavar="FILE.yaml", help="retraining options (fastnas.train)")
+    p.add_argument("--dataset", default=None, choices=list(DATASETS), help="default: the presets' (embedded)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default=None, help="default: auto")
+    p.add_argument("--workers", type=int, default=None, help="CPU threads")
+    p.add_argument("--out", default=None, help="study directory (default runs/study-<time>)")
+    p.add_argument("--resume", default=None, metavar="DIR", help="continue the study in DIR with its saved options")
+    p.add_argument("--merge", nargs="+", default=None, metavar="STUDY.json",
+                   help="combine the seeds of finished studies run alike (e.g. on several machines) into --out")
+    return p.parse_args(argv)
+
+
+_SAVED = ("samplers", "seeds", "random", "random_seed", "search_preset", "train_preset", "search_config",
+          "train_config", "dataset", "data_dir")
+
+
+def _load_options(args) -> dict:
+    if args.resume:
+        path = Path(args.resume) / "study_config.yaml"
+        if not path.is_file():
+            raise RunError(f"{args.resume} is not a study directory (no study_config.yaml)")
+        saved = yaml.safe_load(path.read_text())
+        defaults = vars(parse_args([]))
+        given = {k: getattr(args, k) for k in _SAVED if getattr(args, k) != defaults[k]}
+        cfglib.refuse_changes(saved, given, (), "a study")  # what a study compares may not change halfway
+        return {**saved, "device": args.device, "workers": args.workers, "out": args.resume, "resume": True}
+    opts = {k: getattr(args, k) for k in _SAVED}
+    opts.update(device=args.device, workers=args.workers, out=args.out)
+    if not opts["samplers"]:
+        opts["samplers"] = [_search_values(opts).get("sampler", SearchConfig.sampler)]
+    if opts["random"] < 1 or not opts["seeds"]:
+        raise ConfigError("--random must be >= 1 and --seeds non-empty")
+    if len(set(opts["seeds"])) != len(opts["seeds"]) or len(set(opts["samplers"])) != len(opts["samplers"]):
+        raise ConfigError("--seeds and --samplers must not repeat")
+    for key in ("search_config", "train_config"):
+        if opts[key]:
+            cfglib.load_yaml(opts[key])  # fail now, not after hours of searching
+    return opts
+
+
+def _search_values(opts) -> dict:
+    """The search options the study fixes: the search preset, then the search YAML."""
+    values = dict(SEARCH_PRESETS[opts["search_preset"]])
+    if opts["search_config"]:
+        values.update(cfglib.load_yaml(opts["search_config"]))
+    return values
+
+
+def _search_space(opts) -> tuple[list[str], int | None, str | None]:
+    """The primitives, skip cap and fixed reduction cell the searches use (preset, then the search YAML)."""
+    values = _search_values(opts)
+    prims = list(values.get("primitives", PRIMITIVES))
+    if not all(isinstance(p, str) and is_primitive(p) for p in prims):
+        raise ConfigError(f"search primitives: unknown op in {prims}")
+    max_skip = int(values.get("max_skip", 2))
+    return prims, None if max_skip < 0 else max_skip, values.get("fixed_reduction")
+
+
+_SAME = ("samplers", "random", "dataset", "search_preset", "train_preset")
+
+
+def merge_studies(studies: list[dict]) -> dict:
+    """One study from several run with the same samplers, random cells, dataset and presets over
+    disjoint seeds; the overall numbers are recomputed."""
+    first = studies[0]
+    for other in studies[1:]:
+        for key in _SAME:
+            if other.get(key) != first.get(key):
+                raise ConfigError(f"--merge: the studies differ in {key} ({first.get(key)!r} vs {other.get(key)!r})")
+    per, seeds = {}, []
+    for st in studies:
+        for seed, entry in st["per_seed"].items():
+            if seed in per:
+                raise ConfigError(f"--merge: seed {seed} appears in more than one study")
+            per[seed] = entry
+            seeds.append(int(seed))
+    merged = {k: first.get(k) for k in _SAME}
+    merged.update(seeds=sorted(seeds), per_seed={str(s): per[str(s)] for s in sorted(seeds)})
+    merged["overall"] = _overall(merged)
+    return merged
+
+
+def _merge(args) -> int:
+    studies = []
+    for path in args.merge:
+        try:
+            studies.append(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"--merge: cannot read {path}: {exc}") from None
+        if not isinstance(studies[-1], dict) or "per_seed" not in studies[-1]:
+            raise ConfigError(f"--merge: {path} is not a study.json")
+    merged = merge_studies(studies)
+    out = Path(args.out or default_run_dir("study"))
+    run = RunDir(out)
+    run.write_json("study.json", merged)
+    md = study_markdown(merged)
+    run.write_text("study.md", md)
+    plots.study_chart(merged, out / "study.png")
+    run.log(md)
+    run.close()
+    return 0
+
+
+def _main(args) -> int:
+    if args.merge:
+        return _merge(args)
+    opts = _load_options(args)
+    # Under torchrun one process group serves every search and retraining of the study.
+    return distributed.run_in_group(opts["device"] or "auto", _study, opts)
+
+
+def _only(opts, names) -> dict:
+    """The options among `names` the study was given (the others keep the presets' values)."""
+    return {name: opts[name] for name in names if opts.get(name) is not None}
+
+
+def _run_search(opts, sampler: str, seed: int, run_dir: Path, log) -> dict:
+    if (run_dir / "summary.json").is_file():
+        log(f"search {sampler} seed {seed}: done ({run_dir})")
+    elif (run_dir / "checkpoint.pt").is_file():
+        log(f"search {sampler} seed {seed}: resuming {run_dir}")
+        search_cli.run_search(search_cli.launch({"resume": str(run_dir), **_only(opts, ("device", "workers"))}))
+    else:
+        log(f"search {sampler} seed {seed} -> {run_dir}")
+        args = {"preset": opts["search_preset"], "sampler": sampler, "seed": seed,
+                **_only(opts, ("dataset", "data_dir", "device", "workers")), "out": str(run_dir),
+                "overwrite": run_dir.exists()}  # a search cut before its first checkpoint starts again
+        if opts["search_config"]:
+            args["config"] = opts["search_config"]
+        search_cli.run_search(search_cli.launch(args))
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def _run_train(opts, genotype: str, seed: int, run_dir: Path, log) -> dict:
+    if (run_dir / "report.json").is_file():
+        return json.loads((run_dir / "report.json").read_text())
+    if (run_dir / "last.pt").is_file():
+        train_cli.run_training(train_cli.launch({"resume": str(run_dir), **_only(opts, ("device", "workers"))}))
+    else:
+        args = {"genotype": genotype, "preset": opts["train_preset"], "seed": seed, "export": False,
+                **_only(opts, ("dataset", "data_dir", "device", "workers")), "out": str(run_dir),
+                "overwrite": run_dir.exists()}  # a retraining cut before its first checkpoint starts again
+        if opts["train_config"]:
+            args["config"] = opts["train_config"]
+        train_cli.run_training(train_cli.launch(args))
+    report = json.loads((run_dir / "report.json").read_text())
+    log(f"  retrained {run_dir.name}: test accuracy {report['final_test_acc']:.4f}")
+    return report
+
+
+def _study(opts, ctx) -> int:
+    out = Path(distributed.broadcast_object(str(opts["out"] or default_run_dir("study"))))
+    run = RunDir(out, enabled=ctx.is_main, resume=bool(opts.get("resume")))
+    log = run.log
+    if ctx.is_main and not (out / "study_config.yaml").is_file():
+        (out / "study_config.yaml").write_text(yaml.safe_dump({k: opts[k] for k in _SAVED}, sort_keys=False))
+    prims, max_skip, fixed = _search_space(opts)
+    rng = random.Random(opts["random_seed"])
+    randoms = [random_genotype(rng, prims, max_skip=max_skip, reduce_cell=fixed) for _ in range(opts["random"])]
+    run.write_json("random_genotypes.json", [g.to_dict() for g in randoms])
+    results = {"samplers": opts["samplers"], "seeds": opts["seeds"], "random": opts["random"],
+               "dataset": opts["dataset"] or "embedded", "search_preset": opts["search_preset"],
+               "train_preset": opts["train_preset"], "per_seed": {}}
+    for seed in opts["seeds"]:
+        per = {"searched": {}, "searched_genotype": {}, "random": [], "search_time_s": {}, "train_time_s": {},
+               "random_train_time_s": []}
+        for sampler in opts["samplers"]:
+            summary = _run_search(opts, sampler, seed, out / "search" / f"{sampler}-seed{seed}", log)
+            rep = _run_train(opts, str(out / "search" / f"{sampler}-seed{seed}"), seed,
+                             out / "train" / f"searched-{sampler}-seed{seed}", log)
+            per["searched"][sampler] = rep["final_test_acc"]
+            per["searched_genotype"][sampler] = summary["genotype_text"]
+            per["search_time_s"][sampler] = summary["search_time_s"]
+            per["train_time_s"][sampler] = rep["train_time_s"]
+        for i, g in enumerate(randoms):
+            rep = _run_train(opts, str(g), seed, out / "train" / f"random{i}-seed{seed}", log)
+            per["random"].append(rep["final_test_acc"])
+            per["random_train_time_s"].append(rep["train_time_s"])
+        per.update(_compare(per))
+        results["per_seed"][str(seed)] = per
+        run.write_json("study.json", {**results, "overall": _overall(results)})
+    results["overall"] = _overall(results)
+    run.write_json("study.json", results)
+    md = study_markdown(results)
+    run.write_text("study.md", md)
+    if run.enabled:
+        try:
+            plots.study_chart(results, out / "study.png")
+        except Exception as exc:  # a picture is a convenience: say so, keep the numbers
+            log(f"warning: study.png not drawn: {type(exc).__name__}: {exc}")
+    log(md)
+    log(f"study written to {out}")
+    run.close()
+    return 0
+
+
+def _compare(per: dict) -> dict:
+    rand = per["random"]
+    mean = statistics.fmean(rand)
+    out = {"random_mean": mean, "random_std": statistics.stdev(rand) if len(rand) > 1 else 0.0,
+           "random_best": max(rand), "rank": {}, "improvement": {}, "beats_random_mean": {}}
+    for name, acc in per["searched"].items():
+        out["rank"][name] = 1 + sum(r > acc for r in rand)  # 1: better than every random cell
+        out["improvement"][name] = (acc - mean) / mean if mean > 0 else 0.0
+        out["beats_random_mean"][name] = acc > mean
+    return out
+
+
+def _overall(results: dict) -> dict:
+    per = [results["per_seed"][k] for k in results["per_seed"]]
+    if not per:
+        return {}
+    out = {"seeds_done": len(per), "random_mean": statistics.fmean(p["random_mean"] for p in per),
+           "random_mean_std_over_seeds": statistics.stdev([p["random_mean"] for p in per]) if len(per) > 1 else 0.0}
+    for name in results["samplers"]:
+        accs = [p["searched"][name] for p in per]
+        out[name] = {
+            "searched_mean": statistics.fmean(accs),
+            "searched_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "seeds_above_random_mean": sum(p["beats_random_mean"][name] for p in per),
+            "mean_rank": statistics.fmean(p["rank"][name] for p in per),
+            "mean_improvement": statistics.fmean(p["improvement"][name] for p in per),
+            "search_time_s": statistics.fmean(p["search_time_s"][name] for p in per),
+        }
+    out["retrain_time_s"] = statistics.fmean(t for p in per for t in p["random_train_time_s"])
+    return out
+
+
+def study_markdown(results: dict) -> str:
+    """study.md: the per-seed table and the overall line per sampler."""
+    n = results["random"]
+    lines = [f"# fastnas study: searched vs {n} random cells ({results['dataset']}, search preset "
+             f"{results['search_preset']}, retraining preset {results['train_preset']})", "",
+             "Test accuracy after the same retraining; rank 1 = better than every random cell.", ""]
+    head = "| seed | " + " | ".join(f"searched {s} (rank)" for s in results["samplers"]) + \
+           " | random mean +- std | random best |"
+    lines += [head, "|" + "---|" * (3 + len(results["samplers"]))]
+    for seed in results["seeds"]:
+        p = results["per_seed"].get(str(seed))
+        if p is None:
+            continue
+        cells = " | ".join(f"{p['searched'][s]:.4f} ({p['rank'][s]}/{n + 1})" for s in results["samplers"])
+        lines.append(f"| {seed} | {cells} | {p['random_mean']:.4f} +- {p['random_std']:.4f} | "
+                     f"{p['random_best']:.4f} |")
+    o = results.get("overall", {})
+    lines.append("")
+    for s in results["samplers"]:
+        if s in o:
+            r = o[s]
+            lines.append(f"- **{s}**: searched {r['searched_mean']:.4f} +- {r['searched_std']:.4f} vs random mean "
+                         f"{o['random_mean']:.4f} +- {o['random_mean_std_over_seeds']:.4f}; above the random mean in "
+                         f"{r['seeds_above_random_mean']}/{o['seeds_done']} seeds; mean rank {r['mean_rank']:.1f}/"
+                         f"{n + 1}; relative improvement {r['mean_improvement'] * 100:+.2f}%; search "
+                         f"{r['search_time_s']:.0f} s, retraining {o['retrain_time_s']:.0f} s per cell")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    return cli_main(parse_args, _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Where and how a run executes: the device, mixed precision, seeds and the random-number states a
+checkpoint carries."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+
+import numpy as np
+import torch
+
+from fastnas.infra.errors import ConfigError, RunError
+
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def amp_context(device: torch.device, dtype: torch.dtype | None):
+    """torch.autocast for `dtype` on `device`, or a no-op context when mixed precision is off."""
+    if dtype is None:
+        from contextlib import nullcontext
+
+        return nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RunError(f"device {name!r} requested but no CUDA device is visible")
+    return dev
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def rng_state() -> dict:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+
+def physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def check_device(name: str) -> None:
+    """auto, cpu, cuda or cuda:N, and a CUDA device that exists on this machine."""
+    m = re.fullmatch(r"auto|cpu|cuda(?::(\d+))?", name)
+    if not m:
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device {name!r}: no CUDA device is visible on this machine")
+        if m.group(1) is not None and int(m.group(1)) >= count:
+            raise ConfigError(f"device {name!r}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")

@@ -1,0 +1,52 @@
+"""DrNAS' anchor regulariser (xiangning-chen/DrNAS, DARTS-space/model_search.py ``_get_kl_reg``,
+``reg_scale`` 1e-3): ``scale * sum_edges KL(Dir(elu(alpha) + 1) || Dir(1))`` over both cell types,
+added to the architecture loss. It pulls the concentrations towards the uniform prior so the Dirichlet
+does not become confident too early."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from fastnas.infra.config import opt
+from fastnas.infra.errors import ConfigError
+from fastnas.search.mechanism import Mechanism
+
+
+class DirichletAnchor:
+    """DrNAS' KL anchor towards the Dirichlet(1) prior, added to the architecture loss."""
+
+    def __init__(self, scale: float):
+        self.scale = float(scale)
+
+    def value(self, net) -> torch.Tensor:
+        total = 0.0
+        for alpha in net.named_arch_parameters().values():
+            a = alpha if alpha.dtype == torch.float64 else alpha.float()
+            q = torch.distributions.Dirichlet(F.elu(a) + 1)
+            p = torch.distributions.Dirichlet(torch.ones_like(a))
+            total = total + torch.distributions.kl_divergence(q, p).sum()
+        return total
+
+    def __call__(self, loss, net, sampler):
+        return loss + self.scale * self.value(net)
+
+
+def arch_terms(cfg) -> list:
+    """The loss terms the search's config asks for beyond the budget penalty."""
+    return [DirichletAnchor(cfg.dirichlet_anchor)] if cfg.dirichlet_anchor > 0 else []
+
+
+@dataclass
+class Anchor(Mechanism):
+    dirichlet_anchor: float = opt(0.0, "DrNAS: weight of the KL of the Dirichlet to its Dirichlet(1) prior in "
+                                       "the architecture loss (dirichlet sampler only; 0: off)", ge=0)
+
+    def check(self) -> None:
+        if self.dirichlet_anchor > 0 and self.sampler != "dirichlet":
+            raise ConfigError(f"dirichlet_anchor is DrNAS' regulariser of the dirichlet sampler, not {self.sampler}")
+
+    def arch_terms(self) -> list:
+        return [DirichletAnchor(self.dirichlet_anchor)] if self.dirichlet_anchor > 0 else []

@@ -1,0 +1,124 @@
+"""Deriving a genotype from the architecture parameters (S1 -> S2's output), and pruning candidates
+between stages.
+
+DARTS' rule (quark0/darts cnn/model_search.py ``genotype``): per edge the strongest op other than
+'none'; per node the 2 strongest incoming edges; then P-DARTS' skip cap (chenxin061/pdarts
+train_search.py ``check_sk_number`` / ``delete_min_sk_prob``): while the normal cell holds more than M
+skip connections, rule out the weakest chosen one and derive again.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from torch import Tensor
+
+from fastnas.space.genotype import Genotype
+from fastnas.space.primitives import PARAMETER_FREE
+from fastnas.space.sampler import Sampler
+from fastnas.space.topology import CELL_TYPES, node_edges
+
+if TYPE_CHECKING:
+    from fastnas.space.supernet import SuperNet
+
+
+def _derive_cell(probs: list[list[float]], names: list[list[str]], steps: int, max_skip: int | None):
+    """DARTS derivation of one cell, then the P-DARTS skip cap: while more than `max_skip` chosen
+    edges are skip connections, rule out the weakest chosen skip and derive again."""
+    probs = [list(row) for row in probs]
+    while True:
+        gene = []
+        for i, rng in enumerate(node_edges(steps)):
+            cands = []
+            for j, e in enumerate(rng):
+                scored = [(p, k) for k, p in enumerate(probs[e]) if names[e][k] != "none" and p != -math.inf]
+                if scored:
+                    p, k = max(scored)
+                    cands.append((p, -j, j, e, k))
+            if len(cands) < 2:
+                raise ValueError(f"node {i + 2}: fewer than 2 incoming edges with a non-zero op left")
+            for _p, _, j, e, k in sorted(cands, reverse=True)[:2]:
+                gene.append((names[e][k], j, e, k))
+        skips = [(probs[e][k], e, k) for name, _, e, k in gene if name == "skip_connect"]
+        if max_skip is None or len(skips) <= max_skip:
+            return [(name, j) for name, j, _, _ in gene]
+        _, e, k = min(skips)
+        probs[e][k] = -math.inf
+
+
+def derive_genotype(supernet: SuperNet, max_skip_normal: int | None = 2, sampler: Sampler | None = None,
+                    probabilities: dict[str, Tensor] | None = None) -> Genotype:
+    """Per edge the strongest non-zero op; per node the 2 strongest incoming edges; at most
+    `max_skip_normal` skip connections in the normal cell (None or -1, as on the command line: no cap)."""
+    if max_skip_normal is not None and max_skip_normal < 0:
+        if max_skip_normal != -1:
+            raise ValueError(f"max_skip_normal must be >= 0, or -1/None for no cap; got {max_skip_normal}")
+        max_skip_normal = None
+    probs = probabilities if probabilities is not None else supernet.probabilities(sampler)
+    ew = supernet.edge_weights()
+    if ew is not None:  # PC-DARTS: edge scores are op probabilities times the edge's normalised beta
+        probs = {c: probs[c] * ew[c].detach().float().cpu()[:, None] for c in CELL_TYPES}
+    steps, mult = supernet.steps, supernet.multiplier
+    cells = {}
+    for cell in CELL_TYPES:
+        cap = max_skip_normal if cell == "normal" else None
+        cells[cell] = _derive_cell(probs[cell].tolist(), supernet.edge_primitives[cell], steps, cap)
+    concat = tuple(range(2 + steps - mult, steps + 2))
+    if supernet.fixed_reduction:
+        return Genotype(cells["normal"], concat, (), concat, reduce_cell=supernet.fixed_reduction)
+    return Genotype(cells["normal"], concat, cells["reduce"], concat)
+
+
+def genotypes_by_skip_count(supernet: SuperNet, sampler: Sampler | None = None,
+                            probabilities: dict[str, Tensor] | None = None) -> list[dict]:
+    """P-DARTS' closing log: the genotype under every skip cap from 8 down to 0 (the weakest chosen skip
+    ruled out first, each time), so a user can pick the cell with the skip count they want. Caps that
+    change nothing are left out: one entry per distinct genotype, with its cap and skip count."""
+    uncapped = derive_genotype(supernet, None, sampler, probabilities)
+    out, seen = [], set()
+    for cap in range(2 * supernet.steps, -1, -1):
+        g = derive_genotype(supernet, cap, sampler, probabilities)
+        if str(g) in seen:
+            continue
+        seen.add(str(g))
+        out.append({"max_skip": cap, "skips": sum(op == "skip_connect" for op, _ in g.normal),
+                    "genotype": g.to_dict(), "text": str(g), "uncapped": g == uncapped})
+    return out
+
+
+def cell_stats(genotype: Genotype, capped_from: Genotype | None = None) -> dict:
+    """Collapse indicators of a derived normal cell: its skip connections and parameter-free ops, and
+    (given the uncapped derivation `capped_from`) how many skips the skip cap removed."""
+    ops = [op for op, _ in genotype.normal]
+    out = {"normal_skips": ops.count("skip_connect"),
+           "normal_param_free": sum(op in PARAMETER_FREE for op in ops),
+           "reduce_param_free": sum(op in PARAMETER_FREE for op, _ in genotype.reduce)}
+    if capped_from is not None:
+        uncapped = sum(op == "skip_connect" for op, _ in capped_from.normal)
+        out["skips_removed_by_cap"] = max(0, uncapped - out["normal_skips"])
+    return out
+
+
+def prune_primitives(supernet: SuperNet, keep: int, drop_zero_first: bool = False,
+                     sampler: Sampler | None = None,
+                     probabilities: dict[str, Tensor] | None = None) -> dict[str, list[list[str]]]:
+    """Per edge, the `keep` most probable candidates (in their original order), for the next stage's
+    ``edge_primitives``. Between stages P-DARTS keeps 'none' by its probability like any op (the final
+    derivation excludes it); `drop_zero_first` puts 'none' out before anything else, as P-DARTS does
+    only when it prunes down to the single op per edge after its last stage."""
+    probs = probabilities if probabilities is not None else supernet.probabilities(sampler)
+    out = {}
+    for cell in CELL_TYPES:
+        rows = []
+        for names, p in zip(supernet.edge_primitives[cell], probs[cell].tolist(), strict=True):
+            if keep < 1 or keep > len(names):
+                raise ValueError(f"prune: keep={keep} must be in 1..{len(names)} (candidates per edge)")
+            order = sorted(range(len(names)), key=lambda k: -p[k])
+            if drop_zero_first and "none" in names:
+                order = [k for k in order if names[k] != "none"] + [names.index("none")]
+            kept = sorted(order[:keep])
+            rows.append([names[k] for k in kept])
+        out[cell] = rows
+    return out
+

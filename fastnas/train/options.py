@@ -1,0 +1,60 @@
+"""The options of a retraining run (:class:`TrainConfig`) and its presets: the DARTS recipe, the study's
+CPU budget and a seconds-long smoke run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastnas.infra.config import opt
+from fastnas.infra.errors import ConfigError
+from fastnas.infra.options import RunOptions, SGDOptions
+
+
+@dataclass
+class TrainConfig(SGDOptions, RunOptions):
+    """All options of a retraining run (see ``python -m fastnas.train --help``)."""
+
+    genotype: str | None = opt(None, "published name, genotype.json, search run dir or DARTS Genotype(...) string")
+    preset: str = opt("darts", "darts (the published recipe), quick (the study's CPU budget) or smoke (seconds)",
+                      choices=["darts", "quick", "smoke"])
+    channels: int = opt(36, "initial channels C", ge=1)
+    layers: int = opt(20, "cells", ge=1)
+    auxiliary: bool = opt(True, "auxiliary head after 2/3 of the depth")
+    auxiliary_weight: float = opt(0.4, "weight of the auxiliary loss", ge=0)
+    drop_path: float = opt(0.3, "final drop-path rate (ramped linearly from 0 over training)", ge=0, lt=1)
+    cutout: int = opt(16, "cutout square side (0: off)", ge=0)
+    epochs: int = opt(600, "training epochs", ge=1)
+    # batch_size, lr, lr_min, momentum, weight_decay, grad_clip: config.SGDOptions
+    compile: bool = opt(False, "torch.compile the network")
+    pin_memory: bool = opt(True, "pinned host memory for batches copied to a GPU")
+    export: bool = opt(True, "export the final model (safetensors or state dict, and torch.export)")
+    sync_bn: bool = opt(False, "SyncBatchNorm across processes (GPU runs under torchrun)")
+    plots: bool = opt(True, "write curves.png (loss, accuracy, learning rate per epoch)")
+    report_cost: bool = opt(False, "print the genotype's cost report (parameters, FLOPs; latency with "
+                                   "--latency-device) for this network and exit without training")
+    latency_device: str | None = opt(None, "with --report-cost: also measure latency on cpu or cuda[:N]")
+    latency_batch: int = opt(1, "with --report-cost: batch size of the latency measurement", ge=1)
+
+    def check(self) -> None:
+        if not self.genotype:
+            raise ConfigError("--genotype is required (a published name, genotype.json, run dir or DARTS string)")
+        if self.auxiliary and self.layers < 2:
+            raise ConfigError(f"layers={self.layers} leaves no cell for the auxiliary head (after 2/3 of the "
+                              "depth): use --layers >= 2 or --no-auxiliary")
+        side = self.image_size if self.dataset == "folder" else 32
+        if self.cutout > side:
+            raise ConfigError(f"cutout={self.cutout} is larger than the {side}x{side} images")
+        if self.latency_device is not None and not (self.latency_device == "cpu"
+                                                    or self.latency_device.startswith("cuda")):
+            raise ConfigError(f"latency_device must be cpu or cuda[:N], got {self.latency_device!r}")
+
+
+PRESETS: dict[str, dict] = {
+    "darts": {},
+    # The CPU retraining budget of `fastnas.study` on the embedded data: ~100 steps of a small network,
+    # the same for every cell compared; 500 test images.
+    "quick": {"channels": 8, "layers": 5, "epochs": 3, "batch_size": 64, "embedded_size": 2000, "lr": 0.05,
+              "drop_path": 0.1, "cutout": 0},
+    "smoke": {"channels": 8, "layers": 5, "epochs": 5, "batch_size": 64, "embedded_size": 1500, "lr": 0.05,
+              "drop_path": 0.1, "cutout": 0},
+}
