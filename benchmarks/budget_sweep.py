@@ -18,6 +18,8 @@ import random
 import sys
 from pathlib import Path
 
+import harness  # first: this checkout on sys.path
+
 from fastnas.cli import search, train
 from fastnas.cost import CostModel, EvalShape, cheapest_cost, human
 from fastnas.space.genotype import Genotype, random_genotype
@@ -96,7 +98,6 @@ def main(argv=None) -> int:
                      "genotype": str(g)})
     result = {"seed": a.seed, "search_preset": a.search_preset, "train_preset": a.train_preset, "penalty": a.penalty,
               "eval_network": {"channels": shape.channels, "layers": shape.layers}, "cheapest_cost": low, "rows": rows}
-    (out / "budget_sweep.json").write_text(json.dumps(result, indent=1))
     lines = [f"# Budgeted search sweep (parameters; seed {a.seed}; search {a.search_preset}, "
              f"retraining {a.train_preset}, penalty {a.penalty})", "",
              f"Evaluation network C={shape.channels}, {shape.layers} cells; cheapest cell of the space "
@@ -108,7 +109,7 @@ def main(argv=None) -> int:
         der = human(r["derived_cost"], "params") if r.get("derived_cost") else "-"
         lines.append(f"| {r['kind']} | {tgt} | {der} | {human(r['cost'], 'params')} | {r.get('exchanges', '-')} | "
                      f"{r['test_acc']:.4f} |")
-    (out / "budget_sweep.md").write_text("\n".join(lines) + "\n")
+    harness.write_results(out, "budget_sweep", result, "\n".join(lines))
     print("\n".join(lines))
     try:
         from fastnas.plots import _plt, _save

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 
-import harness  # noqa: E402,F401  (this checkout first on sys.path)
+import harness  # noqa: E402  (first: this checkout on sys.path)
 import torch
 import torch.utils.benchmark as tb
 from cases import (  # noqa: E402
@@ -170,12 +169,7 @@ def main(argv=None) -> int:
         return 2
     result = run(args.device, args.quick)
     table = markdown(result)
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, f"ops_{args.device}.json"), "w") as f:
-            json.dump(result, f, indent=2)
-        with open(os.path.join(args.out, f"ops_{args.device}.md"), "w") as f:
-            f.write(table + "\n")
+    harness.write_results(args.out, f"ops_{args.device}", result, table)
     print(table)
     return 0
 

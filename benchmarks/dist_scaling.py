@@ -17,7 +17,9 @@ import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import harness  # first: this checkout on sys.path
+
+ROOT = str(harness.ROOT)
 
 
 def run(nproc: int, steps: int, batch: int, device: str, tmp: str) -> dict:
@@ -65,12 +67,7 @@ def main(argv=None) -> int:
                      f"{r['images_per_s'] / rows[0]['images_per_s']:.2f}x | "
                      f"{r['images_per_s'] / (base * r['nproc']):.0%} |")
     table = "\n".join(lines)
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, f"dist_scaling_{args.device}.json"), "w") as f:
-            json.dump(rows, f, indent=2)
-        with open(os.path.join(args.out, f"dist_scaling_{args.device}.md"), "w") as f:
-            f.write(table + "\n")
+    harness.write_results(args.out, f"dist_scaling_{args.device}", rows, table)
     print(table)
     return 0
 

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import harness  # noqa: F401  (this checkout first on sys.path)
+import harness  # first: this checkout on sys.path
 
 from fastnas.cli.search import main as search
 from fastnas.search.known_answer import edges_preferring_convolution, search_args
@@ -105,11 +105,7 @@ def main(argv=None) -> int:
                      f"{r['seed']}: {trace}")
     text = "\n".join(lines)
     print(text)
-    if a.out:
-        out = Path(a.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "known_answer.json").write_text(json.dumps(rows, indent=1))
-        (out / "known_answer.md").write_text(text + "\n")
+    harness.write_results(a.out, "known_answer", rows, text)
     return 0
 
 

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 
-import harness  # noqa: E402,F401  (this checkout first on sys.path)
+import harness  # noqa: E402  (first: this checkout on sys.path)
 import torch  # noqa: E402
 
 from fastnas.cli.search import main as search_main
@@ -77,12 +77,7 @@ def main(argv=None) -> int:
             lines.append(f"| progressive stage 1, batch {r['batch']} | {kind}: one step {r['step_s']:.2f} s, "
                          f"projected CIFAR-10 epoch | {CIFAR_STEPS} | {r['projected_cifar10_epoch_s']:.0f} |")
     table = "\n".join(lines)
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "search_epoch.json"), "w") as f:
-            json.dump(rows, f, indent=2)
-        with open(os.path.join(args.out, "search_epoch.md"), "w") as f:
-            f.write(table + "\n")
+    harness.write_results(args.out, "search_epoch", rows, table)
     print(table)
     return 0
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
+import harness  # first: this checkout on sys.path
 import torch
 import torch.nn.functional as F
 
@@ -63,9 +63,6 @@ def main() -> None:
     for mode in a.modes:
         rows.append(run(mode, a.steps, a.channels, a.cells, a.batch, a.lr, a.window))
         print(json.dumps(rows[-1]), flush=True)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "supernet_learning.json").write_text(json.dumps({"args": vars(a), "rows": rows}, indent=2) + "\n")
     steps = [c["step"] for c in rows[0]["curve"]]
     lines = [f"Supernet C={a.channels}, {a.cells} cells, batch {a.batch}, lr {a.lr}, {torch.get_num_threads()} "
              "threads; train accuracy (chance 0.10) over the last window of steps", "",
@@ -74,7 +71,7 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['mode']} | {r['seconds_per_step']:.2f} | "
                      + " | ".join(f"{c['train_acc']:.2f}" for c in r["curve"]) + " |")
-    (out / "supernet_learning.md").write_text("\n".join(lines) + "\n")
+    harness.write_results(a.out, "supernet_learning", {"args": vars(a), "rows": rows}, "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -4,6 +4,7 @@ retraining commands differ only in what they run inside it."""
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,12 @@ from fastnas.infra import distributed
 from fastnas.infra.errors import FastnasError, PeerFailure
 from fastnas.infra.rundir import RunDir, default_run_dir, load_checkpoint, tracking_runs
 from fastnas.infra.runtime import resolve_device, seed_everything
+
+
+def description(doc: str) -> str:
+    """A command's --help description: its module docstring's first sentence, without the command name."""
+    first = doc.strip().split("\n\n")[0].replace("\n", " ")
+    return re.sub(r"^``fastnas [a-z]+[^`]*``(?: \(``python -m [a-z.]+``\))?:\s*", "", first)
 
 
 def cli_main(parse_args, body, argv=None) -> int:

@@ -13,16 +13,18 @@ from pathlib import Path
 
 import torch
 
-from fastnas.cli.common import cli_main
+from fastnas.cli.common import cli_main, description
 from fastnas.cost import EvalShape, LatencySetting, LatencyTable, cost_report, default_latency_cache, format_report
 from fastnas.infra import config as cfglib
 from fastnas.infra.errors import ConfigError
+from fastnas.search.budget import Budget
 from fastnas.space.genotype import random_genotype, resolve_genotype
 
+LATENCY_OPTIONS = ("latency_batch", "latency_dtype", "latency_cache")
 
-# ----------------------------------------------------------------------------- CLI
+
 def parse_args(argv=None):
-    p = cfglib.OneLineErrorParser(prog="fastnas cost", description=__doc__.split("\n")[0],
+    p = cfglib.OneLineErrorParser(prog="fastnas cost", description=description(__doc__),
                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--genotype", nargs="+", default=["DARTS_V2"],
                    help="published names, genotype.json files, search run directories or genotype strings")
@@ -32,12 +34,11 @@ def parse_args(argv=None):
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--latency-device", default=None, help="cpu or cuda[:N]: also measure latency there")
-    p.add_argument("--latency-batch", type=int, default=1)
-    p.add_argument("--latency-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    # The latency measurement's options are the budgeted search's own (one declaration, one check).
+    cfglib.add_arguments(p, Budget, only=LATENCY_OPTIONS)
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--latency-cache", default=None, help=f"lookup-table file (default {default_latency_cache()})")
     p.add_argument("--json", default=None, help="also write the reports to this JSON file")
-    return p.parse_args(argv)
+    return cfglib.typed_or(p.parse_args(argv), Budget, LATENCY_OPTIONS)
 
 
 def _main(args) -> int:

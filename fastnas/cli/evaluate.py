@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from fastnas.cli.common import cli_main
+from fastnas.cli.common import cli_main, description
 from fastnas.infra import config as cfglib
 from fastnas.infra.options import DATASETS
 from fastnas.infra.runtime import check_device
@@ -20,7 +20,7 @@ from fastnas.train.evaluate import evaluate_checkpoint
 
 
 def parse_args(argv=None):
-    p = cfglib.OneLineErrorParser(prog="fastnas evaluate", description=__doc__.split("\n")[0],
+    p = cfglib.OneLineErrorParser(prog="fastnas evaluate", description=description(__doc__),
                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="best.pt or last.pt of a training run (or its directory)")
     p.add_argument("--genotype", default=None, help="expected genotype: an error if the checkpoint's differs")

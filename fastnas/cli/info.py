@@ -17,7 +17,7 @@ import torch
 
 import fastnas
 from fastnas import ops, reference
-from fastnas.cli.common import cli_main
+from fastnas.cli.common import cli_main, description
 from fastnas.infra.config import OneLineErrorParser
 
 
@@ -121,7 +121,7 @@ def demo(device: str = "cpu") -> dict:
 
 
 def parse_args(argv=None):
-    parser = OneLineErrorParser(prog="fastnas info", description=__doc__.split("\n")[0])
+    parser = OneLineErrorParser(prog="fastnas info", description=description(__doc__))
     parser.add_argument("--demo", action="store_true", help="also run the ops once and time them")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     return parser.parse_args(argv)

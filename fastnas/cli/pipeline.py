@@ -15,13 +15,14 @@ from pathlib import Path
 
 from fastnas.cli import search as search_cli
 from fastnas.cli import train as train_cli
-from fastnas.cli.common import cli_main
+from fastnas.cli.common import cli_main, description
 from fastnas.cost import human
 from fastnas.infra import config as cfglib
 from fastnas.infra import distributed
 from fastnas.infra.errors import ConfigError, RunError
 from fastnas.infra.options import DATASETS
 from fastnas.infra.rundir import RunDir, default_run_dir
+from fastnas.search.budget import Budget
 from fastnas.train import PRESETS as TRAIN_PRESETS
 from fastnas.train import TrainConfig
 
@@ -30,7 +31,7 @@ PRESETS = {"smoke": ("smoke", "smoke"), "quick": ("quick", "quick"), "full": ("p
 
 
 def parse_args(argv=None):
-    p = cfglib.OneLineErrorParser(prog="fastnas pipeline", description=__doc__.split("\n")[0],
+    p = cfglib.OneLineErrorParser(prog="fastnas pipeline", description=description(__doc__),
                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", default="smoke", choices=list(PRESETS),
                    help="search preset + retraining preset: smoke (smoke + smoke), quick (quick + quick), "
@@ -42,17 +43,17 @@ def parse_args(argv=None):
     p.add_argument("--device", default=None, help="default: auto")
     p.add_argument("--search-config", default=None, metavar="FILE.yaml", help="search options (fastnas.search)")
     p.add_argument("--train-config", default=None, metavar="FILE.yaml", help="retraining options (fastnas.train)")
-    p.add_argument("--target-params", default=None, help="search within a parameter budget, e.g. 2.5M")
-    p.add_argument("--target-flops", default=None, help="search within a FLOPs budget (multiply-adds), e.g. 600M")
-    p.add_argument("--target-latency-ms", default=None, help="search within a latency budget (ms)")
-    p.add_argument("--budget-fit", default=None, choices=["exchange", "channels", "report"],
-                   help="how the search brings its cell within the budget (default: exchange)")
+    # The budget options are the search's own (fastnas.search.budget.Budget): one declaration, one check.
+    cfglib.add_arguments(p, Budget, only=BUDGET_OPTIONS)
     p.add_argument("--out", default=None, help="run directory (default runs/pipeline-<time>)")
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the pipeline run in DIR")
     p.add_argument("--overwrite", action="store_true",
                    help="--out holds another run: move it aside to <out>.old-<time> and start afresh")
-    return p.parse_args(argv)
+    # Left out, the search's config file (or preset) decides.
+    return cfglib.typed_or(p.parse_args(argv), Budget, BUDGET_OPTIONS, default=None)
 
+
+BUDGET_OPTIONS = ("target_params", "target_flops", "target_latency_ms", "budget_fit")
 
 # The options that decide what a pipeline computes: saved in pipeline.json, compared on --resume.
 FINGERPRINT = ("preset", "dataset", "data_dir", "seed", "search_config", "train_config", "target_params",
@@ -190,7 +191,9 @@ def _budget_options(args, train_preset: str) -> dict:
     retraining will build (its preset, or its config file)."""
     targets = {"target_params": args.target_params, "target_flops": args.target_flops,
                "target_latency_ms": args.target_latency_ms}
-    out = {k: _number(k, v) for k, v in targets.items() if v is not None}
+    out = {k: v for k, v in targets.items() if v is not None}
+    if "target_latency_ms" in out:  # pipeline.json of earlier releases saved it as text
+        out["target_latency_ms"] = float(out["target_latency_ms"])
     if not out:
         return {}
     net = {"channels": TrainConfig.channels, "layers": TrainConfig.layers,
@@ -201,16 +204,6 @@ def _budget_options(args, train_preset: str) -> dict:
     if args.budget_fit:
         out["budget_fit"] = args.budget_fit
     return out
-
-
-def _number(name: str, value: str):
-    """The search option's value from this command's text: the latency target is a number of ms."""
-    if name != "target_latency_ms":
-        return value
-    try:
-        return float(value)
-    except ValueError:
-        raise ConfigError(f"--target-latency-ms: expected a number of milliseconds, got {value!r}") from None
 
 
 def _fitted_channels(search_dir: Path) -> dict:

@@ -26,7 +26,7 @@ import yaml
 from fastnas import plots
 from fastnas.cli import search as search_cli
 from fastnas.cli import train as train_cli
-from fastnas.cli.common import cli_main
+from fastnas.cli.common import cli_main, description
 from fastnas.infra import config as cfglib
 from fastnas.infra import distributed
 from fastnas.infra.errors import ConfigError, RunError
@@ -41,7 +41,7 @@ from fastnas.train import PRESETS as TRAIN_PRESETS
 
 
 def parse_args(argv=None):
-    p = cfglib.OneLineErrorParser(prog="fastnas study", description=__doc__.split("\n")[0],
+    p = cfglib.OneLineErrorParser(prog="fastnas study", description=description(__doc__),
                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--samplers", nargs="+", default=None, choices=list(SAMPLERS),
                    help="one search per sampler and seed (default: the search preset's sampler)")

@@ -83,16 +83,18 @@ def _is_list(tp) -> bool:
     return any(typing.get_origin(a) in (list, tuple) for a in typing.get_args(tp))
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
-    """One --option per dataclass field (defaults suppressed, so only what the user typed is seen)."""
+def add_arguments(parser: argparse.ArgumentParser, cls, only: tuple[str, ...] | None = None) -> None:
+    """One --option per dataclass field (or per field named in `only`), with the field's help, choices
+    and type; defaults suppressed, so only what the user typed is seen (see :func:`typed_or`)."""
     for f in fields(cls):
-        if f.metadata.get("cli") is False:
+        if f.metadata.get("cli") is False or (only is not None and f.name not in only):
             continue
         tp = _field_type(cls, f)
         name = "--" + f.name.replace("_", "-")
         help_text = f.metadata.get("help", "")
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        help_text = f"{help_text} (default: {default})"
+        if "default" not in help_text:  # a help text that names its default says it once
+            help_text = f"{help_text} (default: {default})"
         kwargs = {"default": argparse.SUPPRESS, "help": help_text, "dest": f.name}
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
@@ -104,6 +106,16 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
         else:
             parser.add_argument(name, type=base, metavar=f.name.upper() if "choices" not in kwargs else None,
                                 **kwargs)
+
+
+def typed_or(args: argparse.Namespace, cls, names: tuple[str, ...], default="field") -> argparse.Namespace:
+    """Fill the options among `names` the user did not type: with the field's default, or `default`."""
+    defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+                for f in fields(cls)}
+    for name in names:
+        if not hasattr(args, name):
+            setattr(args, name, defaults[name] if default == "field" else default)
+    return args
 
 
 def _coerce(cls, name: str, value):
