@@ -1,7 +1,7 @@
 """Cost of the evaluation network per candidate op: parameters, FLOPs (multiply-adds) and measured
 latency, as a table the search can weigh its candidates with.
 
-The costs are those of the network S3 retrains (:class:`fastnas.network.EvalNetwork`: its channels,
+The costs are those of the network S3 retrains (:class:`fastnas.space.network.EvalNetwork`: its channels,
 cells and image size), not of the supernet. Every normal cell runs the same genotype, so the cost of
 op k on edge e of the normal cell is the sum of that op's cost over all normal cells (their shapes
 differ per stage); likewise for the reduction cells, whose edges from the cell inputs have stride 2.

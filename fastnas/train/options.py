@@ -12,7 +12,7 @@ from fastnas.infra.options import RunOptions, SGDOptions
 
 @dataclass
 class TrainConfig(SGDOptions, RunOptions):
-    """All options of a retraining run (see ``python -m fastnas.train --help``)."""
+    """All options of a retraining run (see ``fastnas train --help``)."""
 
     genotype: str | None = opt(None, "published name, genotype.json, search run dir or DARTS Genotype(...) string")
     preset: str = opt("darts", "darts (the published recipe), quick (the study's CPU budget) or smoke (seconds)",
