@@ -206,6 +206,28 @@ class Searcher:
         self.a_scaler.update()
         return loss_sum, correct
 
+    def step(self, gens: list[torch.Generator], sums: torch.Tensor, arch: bool = True) -> tuple[int, int]:
+        """One search iteration: a sampled architecture's weight step on a training batch per shard, then
+        (unless `arch` is off: the warm-up) the architecture step on a held-out batch per shard. Adds
+        loss * n and correct counts to `sums` on the device (train loss, train correct, valid loss, valid
+        correct); returns the images each step saw."""
+        samples = self.net.sample(self.sampler)
+        batches = train_batches = [self.batch(st, g) for st, g in zip(self.train_streams, gens, strict=True)]
+        loss, correct = self.weight_step(samples, batches)
+        sums[0] += loss
+        sums[1] += correct
+        n_train = sum(y.shape[0] for _, y in batches)
+        if not arch:
+            return n_train, 0
+        if self.cfg.arch_resample:  # GDAS: a fresh architecture for every forward pass
+            samples = self.net.sample(self.sampler)
+        samples = {cell: self.sampler.for_arch_step(s) for cell, s in samples.items()}
+        batches = [self.batch(st, g) for st, g in zip(self.valid_streams, gens, strict=True)]
+        loss, correct = self.arch_step(samples, batches, train_batches)
+        sums[2] += loss
+        sums[3] += correct
+        return n_train, sum(y.shape[0] for _, y in batches)
+
     # ----------------------------------------------------------------- epochs
     def train_epoch(self, stage: int, epoch: int) -> dict:
         cfg = self.cfg
@@ -229,21 +251,8 @@ class Searcher:
             self.global_step += 1
             if self.fault_step is not None and self.global_step >= self.fault_step:
                 os._exit(3)  # test hook (FASTNAS_FAULT): this process dies without a word
-            samples = self.net.sample(self.sampler)
-            batches = train_batches = [self.batch(st, g) for st, g in zip(self.train_streams, gens, strict=True)]
-            loss, correct = self.weight_step(samples, batches)
-            sums[0] += loss
-            sums[1] += correct
-            n_train += sum(y.shape[0] for _, y in batches)
-            if not warm:
-                if cfg.arch_resample:  # GDAS: a fresh architecture for every forward pass
-                    samples = self.net.sample(self.sampler)
-                samples = {cell: self.sampler.for_arch_step(s) for cell, s in samples.items()}
-                batches = [self.batch(st, g) for st, g in zip(self.valid_streams, gens, strict=True)]
-                loss, correct = self.arch_step(samples, batches, train_batches)
-                sums[2] += loss
-                sums[3] += correct
-                n_valid += sum(y.shape[0] for _, y in batches)
+            n_t, n_v = self.step(gens, sums, arch=not warm)
+            n_train, n_valid = n_train + n_t, n_valid + n_v
             bar.update(1)
         bar.close()
         self.w_sched.step()
