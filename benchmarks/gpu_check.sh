@@ -86,6 +86,13 @@ PYTHONPATH=$PWD timeout 90 $PY -m pytest -q -p no:cacheprovider tests/test_ops.p
   >> "$OUT/tests.log" 2>&1 || status=1
 grep -E "passed|failed|error" "$OUT/tests.log" | tail -4
 fi
+# Issue 20, target 4: steady-state steps without a host sync (softmax-family search iteration, retraining step).
+sync_free=null
+if want tests; then
+  if PYTHONPATH=$PWD timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_sync_free.py > "$OUT/sync_free.log" 2>&1
+  then sync_free=true; else sync_free=false; fi
+  echo "sync-free steps: $sync_free ($OUT/sync_free.log)"
+fi
 
 want ops && PYTHONPATH=$PWD timeout 120 $PY benchmarks/compare_ops.py --device cuda --out "$OUT" > "$OUT/bench.log" 2>&1 || status=1
 # Retraining throughput (target: >= 2,800 images/s for a 600-epoch CIFAR-10 run in 3 hours). The compiled
@@ -110,4 +117,25 @@ echo "== GPU op benchmark ($OUT/ops_cuda.md) =="
 cat "$OUT/ops_cuda.md" 2>/dev/null || tail -20 "$OUT/bench.log"
 echo "== retraining throughput ($OUT/train_speed_cuda.md) =="
 cat "$OUT/train_speed_cuda.md" 2>/dev/null
+# One flat object the next check can read (issue 20); what this run did not measure stays null.
+$PY - "$OUT" "$sync_free" <<'PYEOF' || status=1
+import datetime, json, sys
+from pathlib import Path
+import torch
+out, sync_free = Path(sys.argv[1]), sys.argv[2]
+def rows(name):
+    try:
+        return json.loads((out / name).read_text())
+    except (OSError, ValueError):
+        return []
+train = [r for r in rows("train_speed_cuda.json") if "images_per_s" in r]
+best = max(train, key=lambda r: r["images_per_s"], default=None)
+targets = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+           "torch": torch.__version__, "date": datetime.date.today().isoformat(),
+           "retrain_img_s": best["images_per_s"] if best else None, "retrain_mode": best["config"] if best else None,
+           "search_stage_epoch_s": None, "search_total_min": None, "softmax_family_speedup": None,
+           "darts2_speedup": None, "sync_free": None if sync_free == "null" else sync_free == "true"}
+(out / "targets.json").write_text(json.dumps(targets, indent=1) + "\n")
+print("targets.json:", json.dumps(targets))
+PYEOF
 exit $status

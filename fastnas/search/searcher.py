@@ -115,8 +115,10 @@ class Searcher:
             self.model = DDP(self.net, device_ids=ids, find_unused_parameters=True)
         self.w_opt = torch.optim.SGD(self.net.weight_parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                      weight_decay=cfg.weight_decay)
+        # capturable on a GPU: Adam keeps its step count on the device instead of reading it back every
+        # step (a host sync); the same arithmetic. CPU tensors do not support it.
         self.a_opt = torch.optim.Adam(self.net.arch_parameters(), lr=cfg.arch_lr, betas=tuple(cfg.arch_betas),
-                                      weight_decay=cfg.arch_weight_decay)
+                                      weight_decay=cfg.arch_weight_decay, capturable=self.device.type == "cuda")
         if cfg.arch_travel > 0:
             arch_steps = max(1, (cfg.epochs[stage] - cfg.warmup_epochs[stage]) * self.steps_per_epoch())
             for group in self.a_opt.param_groups:

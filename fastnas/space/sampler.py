@@ -152,18 +152,24 @@ class DirichletSampler(Sampler):
     def __call__(self, alpha: Tensor) -> Sample:
         concentration = F.elu(alpha) + 1
         if self.generator is None:
-            return Sample(torch.distributions.Dirichlet(concentration).rsample())
+            return Sample(_dirichlet(concentration))
         # Dirichlet.rsample takes no generator: draw under a seed taken from ours, in a forked RNG.
         seed = int(torch.randint(0, 2**62, (1,), generator=self.generator, device=self.generator.device))
         devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            return Sample(torch.distributions.Dirichlet(concentration).rsample())
+            return Sample(_dirichlet(concentration))
 
     def expected_probabilities(self, alpha: Tensor) -> Tensor:
         # Mean of the Dirichlet: what DrNAS derives the genotype from.
         c = F.elu(alpha) + 1
         return c / c.sum(-1, keepdim=True)
+
+
+def _dirichlet(concentration: Tensor) -> Tensor:
+    """A pathwise Dirichlet sample. The concentrations are elu + 1 > 0 by construction: argument
+    validation would read a boolean back from the device (a GPU sync) on every draw."""
+    return torch.distributions.Dirichlet(concentration, validate_args=False).rsample()
 
 
 _CLASSES = {cls.name: cls for cls in (GumbelHardSampler, GumbelSoftSampler, SoftmaxSampler, DirichletSampler)}

@@ -67,6 +67,30 @@ class Trainer:
             images, labels = images.pin_memory(), labels.pin_memory()
         return images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
+    def step(self, sums: torch.Tensor) -> None:
+        """One training step on the next batch; adds loss * n, correct and n to `sums` on the device."""
+        cfg = self.cfg
+        images, labels = self.to_device(*self.stream.next())
+        x = normalize(augment(images), self.train_data.mean, self.train_data.std,
+                      memory_format=self.memory_format)
+        x = cutout(x, cfg.cutout)
+        with self.autocast():
+            logits, aux = self.forward(x)
+            loss = F.cross_entropy(logits.float(), labels)
+            total = loss
+            if aux is not None and cfg.auxiliary_weight > 0:
+                total = total + cfg.auxiliary_weight * F.cross_entropy(aux.float(), labels)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.unscale_(self.opt)
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        n = labels.shape[0]
+        sums += torch.stack([loss.detach() * n, (logits.argmax(1) == labels).sum().float(),
+                             torch.tensor(float(n), device=self.device)])
+
     def train_epoch(self) -> dict:
         cfg = self.cfg
         self.net.drop_path_prob = cfg.drop_path * self.epoch / cfg.epochs
@@ -78,26 +102,7 @@ class Trainer:
         bar = progress_bar(steps, f"epoch {self.epoch + 1}/{cfg.epochs}", enabled=self.rank == 0)
         t0 = time.perf_counter()
         for _ in range(steps):
-            images, labels = self.to_device(*self.stream.next())
-            x = normalize(augment(images), self.train_data.mean, self.train_data.std,
-                          memory_format=self.memory_format)
-            x = cutout(x, cfg.cutout)
-            with self.autocast():
-                logits, aux = self.forward(x)
-                loss = F.cross_entropy(logits.float(), labels)
-                total = loss
-                if aux is not None and cfg.auxiliary_weight > 0:
-                    total = total + cfg.auxiliary_weight * F.cross_entropy(aux.float(), labels)
-            self.opt.zero_grad(set_to_none=True)
-            self.scaler.scale(total).backward()
-            self.scaler.unscale_(self.opt)
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
-            self.scaler.step(self.opt)
-            self.scaler.update()
-            n = labels.shape[0]
-            sums += torch.stack([loss.detach() * n, (logits.argmax(1) == labels).sum().float(),
-                                 torch.tensor(float(n), device=self.device)])
+            self.step(sums)
             bar.update(1)
         bar.close()
         if self.device.type == "cuda":
@@ -186,7 +191,8 @@ def evaluate_model(net, data, mean, std, device, batch_size: int = 256, amp_dtyp
         net.eval()
     except NotImplementedError:  # a torch.export program: exported in eval mode already
         pass
-    total_loss, correct = 0.0, 0
+    # Sums stay on the device and are read once at the end: a read per batch would sync a GPU per batch.
+    sums = torch.zeros(2, dtype=torch.float64, device=device)
     per = -(-len(data) // world_size)
     lo, hi = rank * per, min(len(data), (rank + 1) * per)
     for i in range(lo, hi, batch_size):
@@ -199,10 +205,10 @@ def evaluate_model(net, data, mean, std, device, batch_size: int = 256, amp_dtyp
         x = normalize(images, mean, std, memory_format=memory_format)
         with amp_context(device, amp_dtype):
             logits = net(x)
-        total_loss += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
-        correct += int((logits.argmax(1) == labels).sum())
-    sums = distributed.all_reduce_(torch.tensor([total_loss, float(correct)], dtype=torch.float64, device=device))
-    total_loss, correct = float(sums[0]), int(round(float(sums[1])))
+        sums[0] += F.cross_entropy(logits.float(), labels, reduction="sum").double()
+        sums[1] += (logits.argmax(1) == labels).sum()
+    total_loss, correct = distributed.all_reduce_(sums).tolist()
+    correct = int(round(correct))
     n = max(1, len(data))
     return {"test_loss": total_loss / n, "test_acc": correct / n, "test_error": 1 - correct / n}
 

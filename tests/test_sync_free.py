@@ -1,0 +1,64 @@
+"""No host-device synchronization in a steady-state step (issue 20, target 4): a search iteration of the
+softmax family (darts, pcdarts, drnas, pdarts: their whole iteration is static) and a retraining step run
+under ``torch.cuda.set_sync_debug_mode("error")``, which raises on any synchronizing call (``.item()``,
+``.tolist()``, a device-to-host copy). CUDA only: skipped without a GPU, run by benchmarks/gpu_check.sh.
+
+The hard Gumbel sampler is not here on purpose: its weight step runs only the sampled op of each edge,
+so the host reads the sampled indices once per sample (two reads per iteration, counted by
+benchmarks/op_count.py)."""
+
+import pytest
+import torch
+from conftest import requires_cuda
+
+from fastnas.infra import config as cfglib
+from fastnas.infra.rundir import RunDir
+from fastnas.search import PRESETS, SearchConfig, Searcher
+
+pytestmark = [requires_cuda, pytest.mark.cuda]
+
+
+@pytest.mark.parametrize("preset", ["darts", "pcdarts", "drnas", "pdarts"])
+def test_search_iteration_is_sync_free(tmp_path, preset):
+    stages = len(PRESETS[preset].get("cells", [5, 11, 17]))
+    cli = {"preset": preset, "cells": [5] * stages, "channels": [16] * stages, "batch_size": 16,
+           "warmup_epochs": [0] * stages, "epochs": [2] * stages, "embedded_size": 256, "plots": False,
+           "derived_eval_images": 0, "partial_channels": [4] * stages if preset in ("pcdarts", "drnas") else [1],
+           "device": "cuda"}
+    cfg = cfglib.build_config(SearchConfig, PRESETS, cli, "progressive")
+    with RunDir(tmp_path / "run") as run:
+        s = Searcher(cfg, run, torch.device("cuda"))
+        s.build_stage(0)
+        s.net.train()
+        gens = [torch.Generator().manual_seed(0) for _ in s.shards]
+        sums = torch.zeros(4, device="cuda")
+        for _ in range(2):  # warm-up: allocator, cuDNN choices, optimizer state
+            s.step(gens, sums)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            s.step(gens, sums)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+def test_retraining_step_is_sync_free(tmp_path):
+    from fastnas.space.genotype import published
+    from fastnas.train import PRESETS as TRAIN_PRESETS
+    from fastnas.train import TrainConfig, Trainer
+
+    cfg = cfglib.build_config(TrainConfig, TRAIN_PRESETS, {"genotype": "DARTS_V2", "preset": "smoke",
+                                                           "device": "cuda", "epochs": 2, "max_steps": 3,
+                                                           "plots": False, "export": False}, "darts")
+    with RunDir(tmp_path / "run") as run:
+        t = Trainer(cfg, run, torch.device("cuda"), published("DARTS_V2"))
+        sums = torch.zeros(3, device="cuda")
+        t.net.train()
+        for _ in range(2):  # warm-up
+            t.step(sums)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            t.step(sums)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
