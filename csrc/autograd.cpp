@@ -2,6 +2,7 @@
 // Why C++ rather than torch.library.register_autograd: a Python autograd node costs ~15 us per call
 // and ~20 us per backward, which is more than the gumbel_softmax kernel itself and adds up over the
 // hundreds of mixed ops in one supernet step. Fake kernels stay in Python (fastnas/ops.py).
+#include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -74,6 +75,25 @@ class WeightedSumFunction : public torch::autograd::Function<WeightedSumFunction
     auto saved = ctx->get_saved_variables();
     const at::Tensor& grad = grad_outputs[0];
     if (!grad.defined()) return variable_list(K + 1);
+    if (at::GradMode::is_enabled()) {
+      // create_graph=True (a double backward: gradgradcheck, Hessian-vector products): the same
+      // gradients from differentiable ATen ops, so autograd can go through them again. The fused
+      // kernel below has no derivative of its own.
+      variable_list out;
+      out.reserve(K + 1);
+      const at::Tensor& w = saved[0];
+      if (need_w) {
+        std::vector<at::Tensor> dots;
+        dots.reserve(K);
+        const auto acc = at::promote_types(grad.scalar_type(), at::kFloat);  // fp32 accumulation at least
+        for (int64_t k = 0; k < K; ++k) dots.push_back((grad.to(acc) * saved[1 + k].to(acc)).sum());
+        out.push_back(at::stack(dots).to(w.scalar_type()));
+      } else {
+        out.push_back(at::Tensor());
+      }
+      for (int64_t k = 0; k < K; ++k) out.push_back(need_x ? grad * w[k].to(grad.scalar_type()) : at::Tensor());
+      return out;
+    }
     std::vector<at::Tensor> xs;
     if (need_w) xs.assign(saved.begin() + 1, saved.end());
     else xs.assign(K, grad);  // placeholders: not read without the weight gradient

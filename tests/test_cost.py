@@ -284,3 +284,26 @@ def test_bad_values_in_yaml_fail_like_the_command_line(tmp_path, capsys, line, m
     assert main([*TINY, "--config", str(cfg), "--out", str(tmp_path / "bad")]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], lines
+
+
+def test_log_penalty_multiplier_stays_positive_for_every_target_and_cost():
+    """The FBNet form multiplies the cross-entropy by (E / T) ** strength: positive for any cost and target,
+    1 at the target and increasing in the cost, so the architecture step never ascends the loss. The old
+    ``1 + s * log(E / T)`` was -0.011 for an 8M-parameter target at C=36, 20 cells, uniform alphas."""
+    model = CostModel("params", SMALL)
+    ratios = torch.tensor([1e-9, 1e-3, 0.1, 0.5, 1.0, 2.0, 1e3, 1e9], dtype=torch.float32)
+    for strength in (0.1, 1.0, 5.0):
+        term = BudgetTerm(model, target=1.0, form="log", strength=strength)
+        m = term.multiplier(ratios)
+        assert bool((m > 0).all()), (strength, m)
+        assert float(term.multiplier(torch.tensor(1.0))) == 1.0
+        assert bool((m[1:] >= m[:-1]).all())  # more cost, a larger factor
+    big = CostModel("params", EvalShape(36, 20))  # the issue's case: 8M parameters, uniform alphas
+    term = BudgetTerm(big, target=8e6, form="log", strength=1.0)
+    term.bind(_edge_primitives())
+    alphas = {c: torch.zeros(E, len(PRIMITIVES), requires_grad=True) for c in CELL_TYPES}
+    net = Namespace(steps=4, named_arch_parameters=lambda: alphas)
+    sampler = make_sampler("softmax")
+    ratio = float(term.expected(net, sampler).detach()) / term.target
+    assert 1 + math.log(ratio) < 0  # the old form's factor here: the case the issue measured
+    assert float(term(torch.tensor(2.0), net, sampler).detach()) > 0

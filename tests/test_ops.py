@@ -397,3 +397,22 @@ def test_cuda_matches_cpu_kernel_given_noise():
     w_gpu, i_gpu = ops.gumbel_softmax(logits.cuda(), 0.5, False, noise=noise.cuda())
     assert torch.equal(i_cpu, i_gpu.cpu())
     assert_close(w_cpu, w_gpu.cpu(), rtol=1e-12, atol=1e-12)
+
+
+def test_weighted_sum_double_backward(device):
+    """create_graph=True goes through weighted_sum again (gradgradcheck in float64): the backward builds
+    its graph from differentiable ops then, instead of silently dropping the weight gradient's history."""
+    torch.manual_seed(0)
+    w = torch.randn(3, dtype=torch.float64, device=device, requires_grad=True)
+    xs = [torch.randn(2, 3, 4, dtype=torch.float64, device=device, requires_grad=True) for _ in range(3)]
+
+    def f(w, *xs):
+        return ops.weighted_sum(w, list(xs))
+
+    assert torch.autograd.gradgradcheck(f, (w, *xs))
+    g_w, g_x0 = torch.autograd.grad(f(w, *xs).pow(2).sum(), (w, xs[0]), create_graph=True)
+    assert g_w.requires_grad and g_x0.requires_grad
+    # d/dx0 of sum_k (dL/dw_k): the reference's second derivative
+    ref = torch.autograd.grad(torch.autograd.grad(sum(wk * x for wk, x in zip(w, xs, strict=True)).pow(2).sum(), w,
+                                                  create_graph=True)[0].sum(), xs[0])[0]
+    torch.testing.assert_close(torch.autograd.grad(g_w.sum(), xs[0])[0], ref)

@@ -241,3 +241,24 @@ def test_genotypes_by_skip_count_follow_pdarts():
     for e in entries:
         g = Genotype.from_dict(e["genotype"])
         assert str(g) == e["text"] and g == derive_genotype(net, e["max_skip"])
+
+
+def test_skip_cap_keeps_a_skip_that_a_node_cannot_do_without():
+    """A last stage can keep only [none, skip_connect] on both edges into a node: the skip cap then
+    cannot remove those skips without leaving the node one input short. Derivation keeps them (the cap is
+    met as far as the space allows) instead of ending a finished search with a crash, and P-DARTS' list
+    of genotypes by skip count stops at the fewest skips the space allows."""
+    from fastnas.space.derive import genotypes_by_skip_count
+
+    net = SuperNet(channels=2, layers=3, primitives=["none", "skip_connect"])  # what such a stage keeps
+    probs = torch.tensor([[0.3, 0.7]] * 14)
+    g = derive_genotype(net, max_skip_normal=2, probabilities={"normal": probs, "reduce": probs})
+    assert [op for op, _ in g.normal] == ["skip_connect"] * 8  # no skip can go: every node needs two inputs
+    entries = genotypes_by_skip_count(net, probabilities={"normal": probs, "reduce": probs})
+    assert [(e["max_skip"], e["skips"], e["uncapped"]) for e in entries] == [(8, 8, True)]
+
+    # With one other op on every edge but node 2's, the cap removes every skip it can: node 2 keeps two.
+    names = [["none", "skip_connect"]] * 2 + [["skip_connect", "sep_conv_3x3"]] * 12
+    net = SuperNet(channels=2, layers=3, edge_primitives={"normal": names, "reduce": names})
+    g = derive_genotype(net, max_skip_normal=0, probabilities={"normal": probs, "reduce": probs})
+    assert [op for op, _ in g.normal] == ["skip_connect"] * 2 + ["sep_conv_3x3"] * 6

@@ -86,11 +86,14 @@ class BudgetTerm:
     - ``linear`` (ProxylessNAS: loss + lambda * E[latency]): ``ce + strength * E / T``; always pushes down.
     - ``absolute`` (TuNAS' absolute-value reward): ``ce + strength * |E / T - 1|``; pulls E to T from
       either side, so it lands near the target. The default.
-    - ``log`` (FBNet: ce * alpha * log(LAT)^beta, beta = 1): ``ce * (1 + strength * log(E / T))``;
-      multiplicative, always pushes down, harder when the loss is high.
+    - ``log`` (FBNet, Wu et al. 2019, its loss ``ce * alpha * log(LAT)^beta``): multiplicative in a power
+      of the cost, ``ce * (E / T) ** strength``, i.e. linear in log(E / T) on the log scale. The
+      multiplier is positive for every cost and target (1 at the target), so the term always pushes
+      the cost down, harder when the loss is high. (Before: ``ce * (1 + strength * log(E / T))``,
+      which turned negative below E / T = exp(-1 / strength) and then ascended the cross-entropy.)
     """
 
-    FORMS = ("linear", "absolute", "log")
+    FORMS = FORMS
 
     def __init__(self, model: CostModel, target: float, form: str = "absolute", strength: float = 1.0):
         if form not in self.FORMS:
@@ -118,7 +121,11 @@ class BudgetTerm:
             return loss + self.strength * ratio
         if self.form == "absolute":
             return loss + self.strength * (ratio - 1).abs()
-        return loss * (1 + self.strength * torch.log(ratio))
+        return loss * self.multiplier(ratio)
+
+    def multiplier(self, ratio: Tensor) -> Tensor:
+        """The ``log`` form's factor on the cross-entropy: (E / T) ** strength, > 0 for every ratio > 0."""
+        return ratio.clamp_min(torch.finfo(ratio.dtype).tiny) ** self.strength
 
     def describe(self, expected: float) -> str:
         """The per-epoch log fragment: expected cost against the target."""

@@ -23,28 +23,50 @@ if TYPE_CHECKING:
     from fastnas.space.supernet import SuperNet
 
 
+def _derive_once(probs: list[list[float]], names: list[list[str]], steps: int):
+    """DARTS' rule: per edge its strongest op other than 'none', per node its 2 strongest edges. Returns
+    (op, input node, edge, candidate) per chosen edge, or None when a node has fewer than 2 edges left."""
+    gene = []
+    for rng in node_edges(steps):
+        cands = []
+        for j, e in enumerate(rng):
+            scored = [(p, k) for k, p in enumerate(probs[e]) if names[e][k] != "none" and p != -math.inf]
+            if scored:
+                p, k = max(scored)
+                cands.append((p, -j, j, e, k))
+        if len(cands) < 2:
+            return None
+        for _p, _, j, e, k in sorted(cands, reverse=True)[:2]:
+            gene.append((names[e][k], j, e, k))
+    return gene
+
+
 def _derive_cell(probs: list[list[float]], names: list[list[str]], steps: int, max_skip: int | None):
     """DARTS derivation of one cell, then the P-DARTS skip cap: while more than `max_skip` chosen
-    edges are skip connections, rule out the weakest chosen skip and derive again."""
+    edges are skip connections, rule out the weakest chosen skip and derive again. A skip whose removal
+    would leave a node without two inputs (its edges offer nothing but 'none' and skip_connect, as a last
+    stage can keep) stays: the cap is then met as far as the space allows, never by a crash."""
     probs = [list(row) for row in probs]
+    gene = _derive_once(probs, names, steps)
+    if gene is None:
+        raise ValueError("a node has fewer than 2 incoming edges with an op other than 'none'")
+    kept: set[tuple[int, int]] = set()  # skips that cannot go
     while True:
-        gene = []
-        for i, rng in enumerate(node_edges(steps)):
-            cands = []
-            for j, e in enumerate(rng):
-                scored = [(p, k) for k, p in enumerate(probs[e]) if names[e][k] != "none" and p != -math.inf]
-                if scored:
-                    p, k = max(scored)
-                    cands.append((p, -j, j, e, k))
-            if len(cands) < 2:
-                raise ValueError(f"node {i + 2}: fewer than 2 incoming edges with a non-zero op left")
-            for _p, _, j, e, k in sorted(cands, reverse=True)[:2]:
-                gene.append((names[e][k], j, e, k))
         skips = [(probs[e][k], e, k) for name, _, e, k in gene if name == "skip_connect"]
         if max_skip is None or len(skips) <= max_skip:
-            return [(name, j) for name, j, _, _ in gene]
-        _, e, k = min(skips)
+            break
+        removable = [s for s in skips if (s[1], s[2]) not in kept]
+        if not removable:
+            break
+        p, e, k = min(removable)
         probs[e][k] = -math.inf
+        trial = _derive_once(probs, names, steps)
+        if trial is None:
+            probs[e][k] = p
+            kept.add((e, k))
+        else:
+            gene = trial
+    return [(name, j) for name, j, _, _ in gene]
 
 
 def derive_genotype(supernet: SuperNet, max_skip_normal: int | None = 2, sampler: Sampler | None = None,
@@ -74,16 +96,20 @@ def genotypes_by_skip_count(supernet: SuperNet, sampler: Sampler | None = None,
                             probabilities: dict[str, Tensor] | None = None) -> list[dict]:
     """P-DARTS' closing log: the genotype under every skip cap from 8 down to 0 (the weakest chosen skip
     ruled out first, each time), so a user can pick the cell with the skip count they want. Caps that
-    change nothing are left out: one entry per distinct genotype, with its cap and skip count."""
+    change nothing are left out: one entry per distinct genotype, with its cap and skip count. The list
+    ends at the fewest skips the space allows (a node whose edges offer only skip_connect keeps it)."""
     uncapped = derive_genotype(supernet, None, sampler, probabilities)
     out, seen = [], set()
     for cap in range(2 * supernet.steps, -1, -1):
         g = derive_genotype(supernet, cap, sampler, probabilities)
+        skips = sum(op == "skip_connect" for op, _ in g.normal)
+        if skips > cap:  # this cap, and every lower one, cannot be met
+            break
         if str(g) in seen:
             continue
         seen.add(str(g))
-        out.append({"max_skip": cap, "skips": sum(op == "skip_connect" for op, _ in g.normal),
-                    "genotype": g.to_dict(), "text": str(g), "uncapped": g == uncapped})
+        out.append({"max_skip": cap, "skips": skips, "genotype": g.to_dict(), "text": str(g),
+                    "uncapped": g == uncapped})
     return out
 
 
