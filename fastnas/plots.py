@@ -303,3 +303,41 @@ def study_chart(results: dict, path: str | Path) -> Path:
                  "(same retraining recipe and seed per column)", fontsize=10)
     ax.legend(fontsize=8, loc="best")
     return _save(fig, path)
+
+
+def study_size_chart(results: dict, path: str | Path) -> Path | None:
+    """Test accuracy against parameters (log scale) of every cell of a study: random cells grey, searched
+    cells coloured by sampler, per seed a dashed least-squares line through its random cells. A searched
+    cell above its seed's line wins by more than its size; on the line, by size alone. None for a study
+    that recorded no sizes."""
+    import math
+
+    per_seed = results["per_seed"]
+    if not any(p.get("random_params") for p in per_seed.values()):
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, per in enumerate(per_seed.values()):
+        xs, ys = per.get("random_params") or [], per["random"]
+        if not xs:
+            continue
+        ax.scatter(xs, ys, color="#999999", s=14, label="random cells" if i == 0 else None, zorder=2)
+        lx = [math.log(x) for x in xs]
+        if len(set(lx)) > 1:
+            mx, my = sum(lx) / len(lx), sum(ys) / len(ys)
+            b = sum((x - mx) * (y - my) for x, y in zip(lx, ys, strict=True)) / sum((x - mx) ** 2 for x in lx)
+            lo, hi = min(lx), max(lx)
+            ax.plot([math.exp(lo), math.exp(hi)], [my + b * (lo - mx), my + b * (hi - mx)], color="#bbbbbb",
+                    lw=1, ls="--", label="random line per seed" if i == 0 else None, zorder=1)
+        for k, name in enumerate(results["samplers"]):
+            params = per.get("searched_params", {}).get(name)
+            if params is not None:
+                ax.scatter([params], [per["searched"][name]], marker="*", s=160, color=colors[k % len(colors)],
+                           edgecolor="black", zorder=3, label=f"searched ({name})" if i == 0 else None)
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters of the retrained network (log scale)")
+    ax.set_ylabel("test accuracy after retraining")
+    ax.set_title(f"accuracy against size, {results.get('dataset', '')}", fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)

@@ -42,6 +42,42 @@ def test_comparison_ranks_and_improvement():
     assert out["improvement"]["gumbel-hard"] == pytest.approx(0.15 / 0.65)
 
 
+def test_ties_count_as_not_better():
+    out = _compare({"searched": {"softmax": 0.6}, "random": [0.6, 0.5]})
+    assert out["rank"]["softmax"] == 2  # level with a random cell: not ahead of it
+    out = _compare({"searched": {"softmax": 0.55}, "random": [0.6, 0.5]})
+    assert not out["beats_random_mean"]["softmax"]  # equal to the mean is not above it
+
+
+def test_size_aware_comparison_sees_a_win_by_size_alone():
+    """Random cells whose accuracy grows with log(parameters): a searched cell on their line (bigger,
+    hence better) has a zero residual; one above it, a positive residual. Cells within 15% of its size
+    are its similar-size comparison."""
+    import math
+
+    sizes = [1e5, 2e5, 4e5, 8e5]
+    rand = [0.5 + 0.1 * math.log2(s / 1e5) for s in sizes]  # 0.5, 0.6, 0.7, 0.8
+    on_line = _compare({"searched": {"s": 0.9}, "random": rand, "searched_params": {"s": 1.6e6},
+                        "random_params": sizes})
+    assert on_line["rank"]["s"] == 1 and on_line["size_residual"]["s"] == pytest.approx(0.0, abs=1e-9)
+    above = _compare({"searched": {"s": 0.75}, "random": rand, "searched_params": {"s": 4.2e5},
+                      "random_params": sizes})
+    assert above["size_residual"]["s"] == pytest.approx(0.75 - (0.7 + 0.1 * math.log2(4.2e5 / 4e5)))
+    assert above["similar_size"]["s"] == {"count": 1, "mean": pytest.approx(0.7), "beats_mean": True}
+
+
+def test_sign_and_wilcoxon_p_values():
+    from fastnas.cli.study import sign_test, wilcoxon_signed_rank
+
+    assert sign_test(4, 5) == pytest.approx(6 / 32)  # the README's 4 of 5: p = 0.1875
+    assert sign_test(5, 5) == pytest.approx(1 / 32) and sign_test(0, 5) == 1.0
+    assert wilcoxon_signed_rank([0.1, 0.2, 0.3, 0.4, 0.5]) == pytest.approx(1 / 32)  # all positive
+    assert wilcoxon_signed_rank([-0.1, -0.2, -0.3, -0.4, -0.5]) == 1.0
+    # ranks 1..5 by magnitude, positives at ranks 2, 3, 4, 5: W+ = 14; P(W+ >= 14) = 2/32
+    assert wilcoxon_signed_rank([-0.01, 0.02, 0.03, 0.04, 0.05]) == pytest.approx(2 / 32)
+    assert wilcoxon_signed_rank([0.0, 0.0]) == 1.0  # ties never count as better
+
+
 TINY_SEARCH = "epochs: [1, 1, 1]\nwarmup_epochs: [0, 0, 0]\nembedded_size: 128\nmax_steps: 2\n"
 TINY_TRAIN = "epochs: 1\nembedded_size: 128\nmax_steps: 2\nlayers: 3\nchannels: 4\n"
 
@@ -65,9 +101,14 @@ def test_study_end_to_end_and_resume(tmp_path):
     md = (out / "study.md").read_text()
     assert "| seed |" in md and "searched gumbel-hard" in md
     assert (out / "study.png").stat().st_size > 1000
-    # the random cells are the same for both seeds, and retrained per seed
-    assert len(json.loads((out / "random_genotypes.json").read_text())) == 2
+    # fresh random cells for every seed, each retrained with its seed; sizes recorded, the size chart drawn
+    drawn = json.loads((out / "random_genotypes.json").read_text())
+    assert set(drawn) == {"0", "1"} and all(len(v) == 2 for v in drawn.values()) and drawn["0"] != drawn["1"]
     assert (out / "train" / "random1-seed1" / "report.json").is_file()
+    for per in study["per_seed"].values():
+        assert len(per["random_params"]) == 2 and per["searched_params"]["softmax"] > 0
+    assert "sign_test_p" in study["overall"]["softmax"] and "Wilcoxon" in md
+    assert (out / "study_size.png").stat().st_size > 1000
     # resume: a removed report is recomputed, everything else is reused
     (out / "train" / "random0-seed1" / "report.json").unlink()
     before = (out / "train" / "random1-seed0" / "report.json").read_text()
