@@ -13,7 +13,7 @@ import torch
 
 from fastnas.infra import config as cfglib
 from fastnas.infra import distributed
-from fastnas.infra.errors import FastnasError, PeerFailure
+from fastnas.infra.errors import FastnasError
 from fastnas.infra.rundir import RunDir, default_run_dir, load_checkpoint, tracking_runs
 from fastnas.infra.runtime import resolve_device, seed_everything
 
@@ -41,9 +41,6 @@ def guarded(body, *args) -> int:
     with tracking_runs() as opened:
         try:
             return body(*args)
-        except PeerFailure as exc:
-            _fail(f"error: {exc}", opened)
-            return 1
         except FastnasError as exc:
             _fail(f"error: {exc}", opened)
             return 2
@@ -59,11 +56,8 @@ def guarded(body, *args) -> int:
         except KeyboardInterrupt:
             _fail(_interrupt_message(opened), opened)
             return 130
-        except torch.distributed.DistError as exc:  # a peer died or a collective timed out: no hang
-            _fail(f"error: {distributed.describe_failure(exc)}", opened)
-            return 1
         except RuntimeError as exc:
-            if distributed.is_peer_failure(exc):
+            if distributed.is_peer_failure(exc):  # a peer died or a collective timed out: one line, no hang
                 _fail(f"error: {distributed.describe_failure(exc)}", opened)
                 return 1
             _close(opened, "error: " + (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300])

@@ -119,7 +119,7 @@ _PEER_MARKERS = ("gloo", "nccl", "connection", "timed out", "timeout", "peer", "
 
 def is_peer_failure(exc: BaseException) -> bool:
     """A collective that failed because another process went away (not a bug of ours)."""
-    if isinstance(exc, dist.DistError):
+    if isinstance(exc, getattr(dist, "DistError", ())):  # absent from builds without distributed support
         return True
     if not isinstance(exc, RuntimeError) or not launched_by_torchrun():
         return False

@@ -25,7 +25,3 @@ class DataError(FastnasError):
 
 class GenotypeError(FastnasError):
     """A genotype that cannot be parsed or is not a valid DARTS cell pair."""
-
-
-class PeerFailure(FastnasError):
-    """Another process of a distributed run died or a collective timed out."""
