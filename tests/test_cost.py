@@ -307,3 +307,38 @@ def test_log_penalty_multiplier_stays_positive_for_every_target_and_cost():
     ratio = float(term.expected(net, sampler).detach()) / term.target
     assert 1 + math.log(ratio) < 0  # the old form's factor here: the case the issue measured
     assert float(term(torch.tensor(2.0), net, sampler).detach()) > 0
+
+
+def test_budget_weighs_edges_by_pcdarts_betas_as_derivation_does():
+    """With edge normalization, derivation ranks edges by op probability times the normalised beta; the
+    expected cost weighs a node's edges the same way (and passes the cost's gradient to the betas), and
+    the fit trades those scores."""
+    from fastnas.search.budget import BudgetTerm
+    from fastnas.space.derive import edge_scores
+    from fastnas.space.supernet import SuperNet
+
+    model = CostModel("params", SMALL)
+    net = SuperNet(channels=4, layers=3, edge_norm=True)
+    term = BudgetTerm(model, target=1e5, form="linear")
+    term.bind(net.edge_primitives)
+    sampler = make_sampler("softmax")
+    conv, pool = PRIMITIVES.index("sep_conv_5x5"), PRIMITIVES.index("max_pool_3x3")
+    with torch.no_grad():  # node 2: edge 0 offers a big convolution, edge 1 a free pool
+        for a in (net.alpha_normal, net.alpha_reduce):
+            a.zero_()
+            a[0, conv] = a[1, pool] = 10.0
+
+    def node2_weighted_to(edge):
+        with torch.no_grad():
+            for b in (net.beta_normal, net.beta_reduce):
+                b.zero_()
+                b[edge] = 10.0  # node 2's softmax over edges 0, 1 puts its weight on `edge`
+        return float(term.expected(net, sampler).detach())
+
+    assert node2_weighted_to(0) > node2_weighted_to(1)  # the betas move the expected cost
+    term(torch.tensor(1.0), net, sampler).backward()
+    assert net.beta_normal.grad is not None and float(net.beta_normal.grad.abs().sum()) > 0
+    probs = net.probabilities(sampler)
+    scored = edge_scores(net, probs)
+    w = net.edge_weights()["normal"].detach()
+    torch.testing.assert_close(scored["normal"], probs["normal"] * w[:, None])

@@ -138,7 +138,8 @@ def make_cost_model(metric: str, shape: EvalShape, *, latency_device: str = "cpu
 
 
 # ----------------------------------------------------------------------------- expected cost
-def expected_cell_cost(p: Tensor, cost: Tensor, names: list[list[str]], steps: int = 4) -> Tensor:
+def expected_cell_cost(p: Tensor, cost: Tensor, names: list[list[str]], steps: int = 4,
+                       edge_weight: Tensor | None = None) -> Tensor:
     """Differentiable expected cost of one cell type's derived edges under op probabilities `p` (E, K).
 
     Derivation drops 'none', keeps per edge its strongest op and per node the 2 strongest edges. The
@@ -146,12 +147,15 @@ def expected_cell_cost(p: Tensor, cost: Tensor, names: list[list[str]], steps: i
     each incoming edge weighted by ``2 * s_e / sum(s)`` where s_e is the edge's strongest non-'none'
     probability (the derivation's edge score), so every node counts two edges' worth, shared by
     strength. With all edges equally strong this is the exact expectation under a uniform choice of
-    the two edges."""
+    the two edges. `edge_weight` (E,): PC-DARTS' normalised edge betas, which derivation multiplies into
+    the edge scores, so they weigh the edges here too (differentiably)."""
     keep = torch.tensor([[n not in _FREE for n in row] for row in names], device=p.device)
     q = p * keep
     q_sum = q.sum(-1, keepdim=True).clamp_min(1e-12)
     edge_cost = ((q / q_sum) * cost.to(p)).sum(-1)
     strength = q.amax(-1)
+    if edge_weight is not None:
+        strength = strength * edge_weight.to(strength)
     total = p.new_zeros(())
     for rng in node_edges(steps):
         s = strength[rng.start:rng.stop]
@@ -161,9 +165,11 @@ def expected_cell_cost(p: Tensor, cost: Tensor, names: list[list[str]], steps: i
 
 
 def expected_cost(probs: dict[str, Tensor], tables: dict[str, Tensor], edge_primitives, fixed: float,
-                  steps: int = 4) -> Tensor:
+                  steps: int = 4, edge_weights: dict[str, Tensor] | None = None) -> Tensor:
     """fixed + the expected cost of both cell types (see :func:`expected_cell_cost`)."""
-    return fixed + sum(expected_cell_cost(probs[c], tables[c], edge_primitives[c], steps) for c in CELL_TYPES)
+    ew = edge_weights or {}
+    return fixed + sum(expected_cell_cost(probs[c], tables[c], edge_primitives[c], steps, ew.get(c))
+                       for c in CELL_TYPES)
 
 
 

@@ -113,7 +113,9 @@ class BudgetTerm:
 
     def expected(self, net, sampler) -> Tensor:
         probs = {c: sampler.expected_probabilities(a) for c, a in net.named_arch_parameters().items()}
-        return expected_cost(probs, self.tables, self.edge_primitives, self.model.fixed, net.steps)
+        # PC-DARTS' edge betas weigh the edges as derivation does (and get the cost's gradient too)
+        edge_weights = net.edge_weights() if hasattr(net, "edge_weights") else None
+        return expected_cost(probs, self.tables, self.edge_primitives, self.model.fixed, net.steps, edge_weights)
 
     def __call__(self, loss: Tensor, net, sampler) -> Tensor:
         ratio = self.expected(net, sampler).float() / self.target

@@ -34,7 +34,7 @@ from fastnas.search.arch_grad import ArchStep
 from fastnas.search.budget import make_budget_term
 from fastnas.search.options import MECHANISMS, SearchConfig
 from fastnas.search.results import evaluate_derived, mean_op_probabilities
-from fastnas.space.derive import cell_stats, derive_genotype, prune_primitives
+from fastnas.space.derive import cell_stats, derive_genotype, edge_scores, prune_primitives
 from fastnas.space.genotype import Genotype
 from fastnas.space.sampler import Sample, TemperatureSchedule, make_sampler, sampler_class
 from fastnas.space.supernet import SuperNet
@@ -343,8 +343,10 @@ class Searcher:
             run_bar.close()
         final = derive_genotype(self.net, self.max_skip(), self.sampler)
         if self.budget is not None:  # over the budget: the best genotype within it, or smaller channels
-            final, self.budget_report = self.budget.fit(final, self.net.probabilities(self.sampler),
-                                                        self.net.edge_primitives, self.max_skip(), cfg.budget_fit)
+            # the fit trades the derivation's own edge scores (with PC-DARTS' betas, when on)
+            scores = edge_scores(self.net, self.net.probabilities(self.sampler))
+            final, self.budget_report = self.budget.fit(final, scores, self.net.edge_primitives, self.max_skip(),
+                                                        cfg.budget_fit)
         for line in budget_report_lines(self.budget_report):
             self.run_dir.log(line)
         return final

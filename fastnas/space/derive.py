@@ -69,6 +69,15 @@ def _derive_cell(probs: list[list[float]], names: list[list[str]], steps: int, m
     return [(name, j) for name, j, _, _ in gene]
 
 
+def edge_scores(supernet: SuperNet, probs: dict[str, Tensor]) -> dict[str, Tensor]:
+    """What derivation ranks: the op probabilities, times each edge's normalised beta under PC-DARTS'
+    edge normalization (yuhuixu1993/PC-DARTS model_search.py ``genotype``: weights2 scale each edge)."""
+    ew = supernet.edge_weights()
+    if ew is None:
+        return probs
+    return {c: probs[c] * ew[c].detach().float().cpu()[:, None] for c in CELL_TYPES}
+
+
 def derive_genotype(supernet: SuperNet, max_skip_normal: int | None = 2, sampler: Sampler | None = None,
                     probabilities: dict[str, Tensor] | None = None) -> Genotype:
     """Per edge the strongest non-zero op; per node the 2 strongest incoming edges; at most
@@ -77,10 +86,7 @@ def derive_genotype(supernet: SuperNet, max_skip_normal: int | None = 2, sampler
         if max_skip_normal != -1:
             raise ValueError(f"max_skip_normal must be >= 0, or -1/None for no cap; got {max_skip_normal}")
         max_skip_normal = None
-    probs = probabilities if probabilities is not None else supernet.probabilities(sampler)
-    ew = supernet.edge_weights()
-    if ew is not None:  # PC-DARTS: edge scores are op probabilities times the edge's normalised beta
-        probs = {c: probs[c] * ew[c].detach().float().cpu()[:, None] for c in CELL_TYPES}
+    probs = edge_scores(supernet, probabilities if probabilities is not None else supernet.probabilities(sampler))
     steps, mult = supernet.steps, supernet.multiplier
     cells = {}
     for cell in CELL_TYPES:
