@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from fastnas.cost.measure import _FREE, UNITS, EvalShape, LatencyTable, human, measure_genotype
+from fastnas.cost.measure import FREE_OPS, UNITS, EvalShape, LatencyTable, human, measure_genotype
 from fastnas.cost.model import CostModel
 from fastnas.space.genotype import Genotype
 from fastnas.space.topology import CELL_TYPES, edge_inputs, genotype_edges, node_edges
@@ -41,7 +41,7 @@ def fit_genotype(genotype: Genotype, probs: dict[str, Tensor], edge_primitives, 
                     if e2 == other:
                         continue
                     for op2 in edge_primitives[c][e2]:
-                        if op2 in _FREE or (e2, op2) == (e, op):
+                        if op2 in FREE_OPS or (e2, op2) == (e, op):
                             continue
                         if (c == "normal" and max_skip is not None and op2 == "skip_connect"
                                 and op != "skip_connect" and skips >= max_skip):

@@ -32,7 +32,7 @@ from fastnas.space.topology import is_reduction
 METRICS = ("params", "flops", "latency")
 UNITS = {"params": "parameters", "flops": "multiply-adds", "latency": "ms"}
 # ops that produce nothing the evaluation network would keep: they never appear in a genotype
-_FREE = ("none", "noise")
+FREE_OPS = ("none", "noise")
 
 _SUFFIX = {"": 1.0, "k": 1e3, "K": 1e3, "m": 1e6, "M": 1e6, "g": 1e9, "G": 1e9, "b": 1e9, "B": 1e9}
 

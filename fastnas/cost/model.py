@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from fastnas.cost.measure import (
-    _FREE,
+    FREE_OPS,
     METRICS,
     EvalShape,
     LatencySetting,
@@ -77,7 +77,7 @@ class CostModel:
         self.fixed = whole - self._ops_cost(ref)
 
     def _one(self, op: str, C: int, stride: int, H: int) -> float:
-        if op in _FREE:
+        if op in FREE_OPS:
             return 0.0
         if self.metric == "params":
             return float(op_params(op, C, stride))
@@ -149,7 +149,7 @@ def expected_cell_cost(p: Tensor, cost: Tensor, names: list[list[str]], steps: i
     strength. With all edges equally strong this is the exact expectation under a uniform choice of
     the two edges. `edge_weight` (E,): PC-DARTS' normalised edge betas, which derivation multiplies into
     the edge scores, so they weigh the edges here too (differentiably)."""
-    keep = torch.tensor([[n not in _FREE for n in row] for row in names], device=p.device)
+    keep = torch.tensor([[n not in FREE_OPS for n in row] for row in names], device=p.device)
     q = p * keep
     q_sum = q.sum(-1, keepdim=True).clamp_min(1e-12)
     edge_cost = ((q / q_sum) * cost.to(p)).sum(-1)
@@ -184,7 +184,7 @@ def cheapest_cost(model: CostModel, edge_primitives) -> float:
         for rng in node_edges(model.steps):
             opts = []
             for e in rng:
-                ops = [model.op_cost(cell, e, op) for op in edge_primitives[cell][e] if op not in _FREE]
+                ops = [model.op_cost(cell, e, op) for op in edge_primitives[cell][e] if op not in FREE_OPS]
                 if ops:
                     opts.append(min(ops))
             if len(opts) < 2:

@@ -197,7 +197,7 @@ def config_for_resume(cls, saved: dict, cli: dict, keys: tuple[str, ...]):
     for key in keys:
         if key in cli:
             setattr(cfg, key, _coerce(cls, key, cli[key]))
-    _validate(cfg)
+    validate(cfg)
     return cfg, changes
 
 
@@ -230,11 +230,11 @@ def build_config(cls, presets: dict[str, dict], cli: dict, default_preset: str):
     values.pop("config", None)
     kwargs = {k: _coerce(cls, k, v) for k, v in values.items()}
     cfg = cls(**kwargs)
-    _validate(cfg)
+    validate(cfg)
     return cfg
 
 
-def _validate(cfg) -> None:
+def validate(cfg) -> None:
     """Every field's own bounds first (check_fields), then the cross-field rules, which count on the
     bounds holding: each option group's ``check()``, base groups first, the config class's own last.
     The one way a config is checked."""
@@ -244,8 +244,6 @@ def _validate(cfg) -> None:
         if check is not None:
             check(cfg)
 
-
-validate = _validate
 
 
 def to_dict(cfg) -> dict:
