@@ -307,7 +307,7 @@ def study_chart(results: dict, path: str | Path) -> Path:
 
 def study_size_chart(results: dict, path: str | Path) -> Path | None:
     """Test accuracy against parameters (log scale) of every cell of a study: random cells grey, searched
-    cells coloured by sampler, per seed a dashed least-squares line through its random cells. A searched
+    cells coloured by sampler, per seed the study's least-squares line through its random cells (dashed). A searched
     cell above its seed's line wins by more than its size; on the line, by size alone. None for a study
     that recorded no sizes."""
     import math
@@ -323,13 +323,12 @@ def study_size_chart(results: dict, path: str | Path) -> Path | None:
         if not xs:
             continue
         ax.scatter(xs, ys, color="#999999", s=14, label="random cells" if i == 0 else None, zorder=2)
-        lx = [math.log(x) for x in xs]
-        if len(set(lx)) > 1:
-            mx, my = sum(lx) / len(lx), sum(ys) / len(ys)
-            b = sum((x - mx) * (y - my) for x, y in zip(lx, ys, strict=True)) / sum((x - mx) ** 2 for x in lx)
-            lo, hi = min(lx), max(lx)
-            ax.plot([math.exp(lo), math.exp(hi)], [my + b * (lo - mx), my + b * (hi - mx)], color="#bbbbbb",
-                    lw=1, ls="--", label="random line per seed" if i == 0 else None, zorder=1)
+        if per.get("size_line"):  # the study's least-squares line through this seed's random cells
+            a, b = per["size_line"]
+            span = [*xs, *(v for v in per.get("searched_params", {}).values() if v)]  # reach the searched cells
+            lo, hi = min(span), max(span)
+            ax.plot([lo, hi], [a + b * math.log(lo), a + b * math.log(hi)], color="#bbbbbb", lw=1, ls="--",
+                    label="random line per seed" if i == 0 else None, zorder=1)
         for k, name in enumerate(results["samplers"]):
             params = per.get("searched_params", {}).get(name)
             if params is not None:

@@ -290,6 +290,7 @@ def _compare(per: dict) -> dict:
     sizes = per.get("random_params") or []
     if len(sizes) == len(rand) and per.get("searched_params"):
         line = _fit_line([math.log(p) for p in sizes], rand)
+        out["size_line"] = None if line is None else list(line)  # intercept, slope over log(parameters)
         out["size_residual"], out["similar_size"] = {}, {}
         for name, acc in per["searched"].items():
             params = per["searched_params"][name]
