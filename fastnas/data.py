@@ -7,7 +7,9 @@ the same batches) and augmented on the device by :func:`augment` (random crop wi
 horizontal flip) before normalization, and cutout after it (as DARTS).
 
 CIFAR is read from the python pickle batches (``cifar-10-batches-py/``, ``cifar-100-python/``) by
-our own reader, so files are checked for their format, not their checksum.
+our own reader, so files are checked for their format, not their checksum. The reader's unpickler
+admits only what a CIFAR batch holds (dicts, bytes, strings, numbers, lists and numpy arrays), so a
+crafted batch in a shared data folder cannot run code.
 """
 
 from __future__ import annotations
@@ -110,13 +112,36 @@ def make_embedded(n: int, seed: int = 0, size: int = 32, noise: float = 0.25) ->
 
 
 # --------------------------------------------------------------------------------- CIFAR
+# The only globals a CIFAR batch refers to: numpy's array reconstruction (numpy >= 2 pickles name
+# numpy._core, the published files numpy.core) and, in protocol 2 pickles written by Python 3,
+# _codecs.encode for bytes (a pure function). Anything else (os.system, builtins.eval,
+# subprocess...) is a crafted file.
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles data only: no global outside numpy's array reconstruction is ever imported."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"refused {module}.{name}: a CIFAR batch holds only arrays, lists, "
+                                         "bytes and numbers (a crafted file?)")
+        return super().find_class(module, name)
+
+
 def _read_cifar_batch(path: Path, label_key: bytes):
     try:
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="bytes")
+            entry = _CifarUnpickler(f, encoding="bytes").load()
+        if not isinstance(entry, dict):
+            raise ValueError(f"holds a {type(entry).__name__}, not a dict")
         data = np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(entry[label_key], dtype=np.int64)
-    except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as exc:
+    except (OSError, pickle.UnpicklingError, KeyError, ValueError, TypeError, EOFError, AttributeError,
+            IndexError) as exc:
         raise DataError(f"unreadable CIFAR batch {path}: {type(exc).__name__}: {exc}") from None
     if len(labels) != len(data):
         raise DataError(f"CIFAR batch {path}: {len(data)} images but {len(labels)} labels")

@@ -14,7 +14,9 @@ import csv
 import json
 import logging
 import os
+import pickle
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -240,6 +242,30 @@ class RunDir:
         self.close()
 
 
+def _numpy_array_globals() -> list:
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+_OLD_CHECKPOINT_GLOBALS = _numpy_array_globals()
+
+
+def _refused_globals(path: Path) -> str:
+    """The globals a refused file names (read from its opcodes, never executed)."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:
+        return ""
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in _OLD_CHECKPOINT_GLOBALS}
+    names = [n for n in names if n not in allowed]
+    return ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+
+
 def load_checkpoint(path: str | Path, map_location="cpu", kind: str | tuple[str, ...] | None = None) -> dict:
     """A fastnas checkpoint as a dict, checked: readable, a fastnas checkpoint, a version this code
     reads, and (given `kind`) of that kind ('search', 'train', 'weights'). Anything else is a RunError."""
@@ -247,9 +273,16 @@ def load_checkpoint(path: str | Path, map_location="cpu", kind: str | tuple[str,
     if not p.is_file():
         raise RunError(f"no checkpoint at {p}")
     try:
-        state = torch.load(p, map_location=map_location, weights_only=False)
+        # weights_only: a crafted file cannot run code. Numpy's array reconstruction is admitted for
+        # the RNG state of checkpoints written before it was stored as a tensor (it builds arrays only).
+        with torch.serialization.safe_globals(_OLD_CHECKPOINT_GLOBALS), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's note on a foreign pickle protocol: the error says enough
+            state = torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:  # the weights-only unpickler met a global it does not admit
+        raise RunError(f"refused checkpoint {p}: {_refused_globals(p) or 'it'} is not data a fastnas "
+                       "checkpoint holds; loading it could run code (a crafted or foreign file?)") from None
     except Exception as exc:
-        raise RunError(f"corrupt checkpoint {p}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+        raise RunError(f"corrupt checkpoint {p}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}") from None
     if not isinstance(state, dict) or "version" not in state:
         raise RunError(f"corrupt checkpoint {p}: not a fastnas checkpoint")
     version = state["version"]

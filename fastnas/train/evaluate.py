@@ -4,6 +4,10 @@ normalization they were trained with."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import zipfile
 from pathlib import Path
 
 import torch
@@ -21,6 +25,39 @@ from fastnas.train.trainer import evaluate_model
 WEIGHT_FILES = ("model.safetensors", "model_state_dict.pt")
 
 
+@contextlib.contextmanager
+def _weights_only_everywhere():
+    """torch.load with weights_only=True even where a library asks for False (torch.export.load
+    falls back to a full unpickle when a restricted load fails)."""
+    old = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"]
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = old
+
+
+def _load_exported(path: Path, device):
+    """An exported program that holds only tensors: an archive whose constants include pickled
+    Python objects (which torch.export.load unpickles in full, so they could run code) is refused;
+    fastnas never writes one."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            for name in z.namelist():
+                if name.endswith("_constants_config.json"):
+                    for fqn, meta in json.loads(z.read(name)).get("config", {}).items():
+                        if not str(meta.get("path_name", "")).startswith("tensor_"):
+                            raise RunError(f"refused {path}: constant {fqn!r} is a pickled Python object, not a "
+                                           "tensor; loading it could run code (a crafted or foreign file?)")
+    except (zipfile.BadZipFile, json.JSONDecodeError, AttributeError, UnicodeDecodeError) as exc:
+        raise RunError(f"cannot read {path}: not an exported program ({type(exc).__name__})") from None
+    with _weights_only_everywhere():
+        return torch.export.load(str(path)).module().to(device)
+
+
 def _load_run_files(path: Path, device):
     """A training run's exported model (model.pt2) or final weights (model.safetensors or
     model_state_dict.pt): (genotype, config, module or state dict). The run's config.yaml and
@@ -33,13 +70,15 @@ def _load_run_files(path: Path, device):
     genotype = Genotype.from_json(run / "genotype.json")
     try:
         if path.suffix == ".pt2":
-            model = torch.export.load(str(path)).module().to(device)
+            model = _load_exported(path, device)
         elif path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             model = load_file(str(path))
         else:
             model = torch.load(path, map_location="cpu", weights_only=True)
+    except RunError:
+        raise
     except Exception as exc:
         raise RunError(f"cannot read {path}: {type(exc).__name__}: "
                        f"{(str(exc).splitlines() or [''])[0][:200]}") from None
