@@ -25,6 +25,7 @@ from torch import Tensor
 
 from fastnas.infra.errors import DataError
 from fastnas.infra.options import DATASETS
+from fastnas.infra.runtime import physical_memory
 
 __all__ = ["DATASETS", "DataError", "ImageData", "BatchStream", "load_dataset", "split_train", "augment", "cutout",
            "normalize", "make_embedded", "load_cifar", "load_folder"]
@@ -179,43 +180,85 @@ def load_cifar(name: str, root: str | Path, train: bool, download: bool = False)
 
 
 # --------------------------------------------------------------------------------- image folder
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def _folder_files(class_dir: Path) -> list[Path]:
+    """The image files under `class_dir`, following symbolic links but each real folder and file once
+    (a link loop or a link back to a parent would otherwise list the same images again and again)."""
+    seen_dirs, seen_files, found = set(), set(), []
+    stack = [class_dir]
+    while stack:
+        d = stack.pop()
+        real = d.resolve()
+        if real in seen_dirs:
+            continue
+        seen_dirs.add(real)
+        try:
+            entries = sorted(d.iterdir())
+        except OSError:
+            continue
+        for e in entries:
+            if e.is_dir():
+                stack.append(e)
+            elif e.is_file() and e.suffix.lower() in _IMAGE_SUFFIXES and e.resolve() not in seen_files:
+                seen_files.add(e.resolve())
+                found.append(e)
+    return sorted(found)
+
+
+def _read_image(path: Path, image_size: int) -> Tensor:
+    """One image as uint8 RGB (3, S, S): 16- and 32-bit grayscale scaled by their bit depth (not cut to
+    their low byte or clipped to white), palette, gray+alpha and CMYK images converted to RGB."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()
+        if img.mode.startswith("I") or img.mode == "F":
+            arr = np.asarray(img, dtype=np.float64)
+            top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+            if img.mode == "F":
+                top = max(1.0, float(arr.max(initial=0)))
+            img = Image.fromarray(np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8), mode="L")
+        img = img.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
+        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
 def load_folder(root: str | Path, split: str, image_size: int = 32,
                 classes: list[str] | None = None) -> ImageData:
     """A torchvision ImageFolder layout: ``root/<split>/<class>/<image>``, resized to image_size."""
     try:
-        from torchvision import datasets, transforms
+        from PIL import Image, UnidentifiedImageError
     except ImportError:
-        raise DataError("the folder dataset needs torchvision installed") from None
+        raise DataError("the folder dataset needs Pillow installed") from None
     path = Path(root).expanduser() / split
     if not path.is_dir():
         raise DataError(f"image folder not found: {path} (expected {Path(root) / 'train'} and {Path(root) / 'test'}, "
                         "one subfolder per class)")
-    tf = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.PILToTensor()])
-    try:
-        ds = datasets.ImageFolder(str(path), transform=tf)
-    except (FileNotFoundError, RuntimeError) as exc:
-        raise DataError(f"image folder {path}: {exc}") from None
-    if len(ds.classes) < 2:  # one class: every accuracy would be 100%, every error 0%
-        raise DataError(f"image folder {path}: {len(ds.classes)} class folder(s); classification needs at least 2")
-    if classes is not None and ds.classes != classes:
-        raise DataError(f"image folder {path}: classes {ds.classes} differ from the training split's {classes}")
-    images, labels = [], []
-    if len(ds) == 0:
-        raise DataError(f"image folder {path}: no images")
-    for i in range(len(ds)):
+    found = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(found) < 2:  # one class: every accuracy would be 100%, every error 0%
+        raise DataError(f"image folder {path}: {len(found)} class folder(s); classification needs at least 2")
+    if classes is not None and found != classes:
+        raise DataError(f"image folder {path}: classes {found} differ from the training split's {classes}")
+    samples = [(f, label) for label, c in enumerate(found) for f in _folder_files(path / c)]
+    if not samples:
+        raise DataError(f"image folder {path}: no images (looked for {', '.join(_IMAGE_SUFFIXES)})")
+    need, ram = len(samples) * 3 * image_size * image_size, physical_memory()
+    if ram and need > ram // 2:  # held in memory as uint8; half the machine leaves room for the network
+        raise DataError(f"image folder {path}: {len(samples):,} images of {image_size}x{image_size} need "
+                        f"{need / 2**30:.1f} GiB in memory, more than half of this machine's {ram / 2**30:.1f} GiB: "
+                        "use a smaller --image-size")
+    images = torch.empty(len(samples), 3, image_size, image_size, dtype=torch.uint8)
+    for i, (f, _) in enumerate(samples):
         try:
-            img, label = ds[i]
-        except Exception as exc:  # PIL: truncated, corrupt or not an image at all
-            raise DataError(f"unreadable image {ds.samples[i][0]}: {type(exc).__name__}: "
+            images[i] = _read_image(f, image_size)
+        except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
+            raise DataError(f"unreadable image {f}: {type(exc).__name__}: "
                             f"{str(exc).splitlines()[0][:160] if str(exc) else 'cannot decode'}") from None
-        if img.shape[0] == 1:
-            img = img.expand(3, -1, -1)
-        images.append(img[:3])
-        labels.append(label)
-    images = torch.stack(images)
+    labels = torch.tensor([label for _, label in samples])
     mean = tuple((images.float() / 255).mean((0, 2, 3)).tolist())
     std = tuple((images.float() / 255).std((0, 2, 3)).clamp_min(1e-3).tolist())
-    return ImageData(images, torch.tensor(labels), len(ds.classes), mean, std, f"folder:{path.parent.name}")
+    return ImageData(images, labels, len(found), mean, std, f"folder:{path.parent.name}")
 
 
 def load_dataset(name: str, data_dir: str | Path = "data", *, train: bool = True, download: bool = False,

@@ -23,6 +23,7 @@ from torch import Tensor
 from fastnas import reference
 
 __all__ = [
+    "backend_error",
     "weighted_sum",
     "gumbel_softmax",
     "set_backend",
@@ -60,9 +61,18 @@ def _probe_kernels() -> dict[tuple[str, str], bool]:
 # Probed once at import: the lookups below must be plain dict reads so torch.compile can trace them.
 _KERNELS = _probe_kernels()
 _backend = os.environ.get("FASTNAS_BACKEND", "auto").strip().lower() or "auto"
+_BACKEND_ERROR: str | None = None
 if _backend not in _BACKENDS:
-    raise ValueError(f"FASTNAS_BACKEND must be one of {_BACKENDS}, got {_backend!r}")
+    # Not raised here: an import error would be a traceback. Every command refuses to run with it
+    # (backend_error); a library user gets the automatic choice.
+    _BACKEND_ERROR = f"FASTNAS_BACKEND must be one of {', '.join(_BACKENDS)}, got {_backend!r}"
+    _backend = "auto"
 _warned: set[tuple[str, str]] = set()
+
+
+def backend_error() -> str | None:
+    """Why the FASTNAS_BACKEND environment variable was not understood (None: it was, or is unset)."""
+    return _BACKEND_ERROR
 
 
 def extension_loaded() -> bool:

@@ -40,7 +40,7 @@ def test_exported_program_takes_any_batch(trained):
 
 
 @pytest.mark.parametrize("argv, fragment", [
-    (["--batch-size", "-5"], "--batch-size must be >= 1"),
+    (["--batch-size", "-5"], "--batch-size: -5 is outside [1, 65,536]"),
     (["--out", "/missing/dir/x.json"], "does not exist"),
     (["--device", "cuda:9"], "cuda:9"),
 ])

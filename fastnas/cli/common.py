@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from fastnas import ops
 from fastnas.infra import config as cfglib
 from fastnas.infra import distributed
 from fastnas.infra.errors import FastnasError
@@ -30,7 +31,15 @@ def cli_main(parse_args, body, argv=None) -> int:
         args = parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
+    if ops.backend_error():
+        print(f"error: {ops.backend_error()}", file=sys.stderr)
+        return 2
     return guarded(body, args)
+
+
+def _is_cpu_oom(exc: RuntimeError) -> bool:
+    """torch reports a failed host allocation as a plain RuntimeError from its CPU allocator."""
+    return "can't allocate memory" in str(exc) or "DefaultCPUAllocator" in str(exc)
 
 
 def guarded(body, *args) -> int:
@@ -57,6 +66,10 @@ def guarded(body, *args) -> int:
             _fail(_interrupt_message(opened), opened)
             return 130
         except RuntimeError as exc:
+            if _is_cpu_oom(exc):
+                first = (str(exc).strip().splitlines() or [""])[0][:200]
+                _fail(f"error: out of memory ({first}): lower --batch-size, --channels or the dataset size", opened)
+                return 2
             if distributed.is_peer_failure(exc):  # a peer died or a collective timed out: one line, no hang
                 _fail(f"error: {distributed.describe_failure(exc)}", opened)
                 return 1

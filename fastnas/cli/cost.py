@@ -17,6 +17,7 @@ from fastnas.cli.common import cli_main, description
 from fastnas.cost import EvalShape, LatencySetting, LatencyTable, cost_report, default_latency_cache, format_report
 from fastnas.infra import config as cfglib
 from fastnas.infra.errors import ConfigError
+from fastnas.infra.rundir import refuse_existing
 from fastnas.search.budget import Budget
 from fastnas.space.genotype import random_genotype, resolve_genotype
 
@@ -28,7 +29,8 @@ def parse_args(argv=None):
                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--genotype", nargs="+", default=["DARTS_V2"],
                    help="published names, genotype.json files, search run directories or genotype strings")
-    p.add_argument("--random", type=int, default=0, help="also this many random genotypes (seeded)")
+    p.add_argument("--random", type=cfglib.int_in(0, 100_000), default=0,
+                   help="also this many random genotypes (seeded)")
     p.add_argument("--channels", type=int, default=36)
     p.add_argument("--layers", type=int, default=20)
     p.add_argument("--image-size", type=int, default=32)
@@ -45,6 +47,8 @@ def _main(args) -> int:
     for name in ("channels", "layers", "image_size", "num_classes", "latency_batch"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.json:
+        refuse_existing(args.json, "--json")
     shape = EvalShape(args.channels, args.layers, args.image_size, args.num_classes)
     genotypes = [(spec, resolve_genotype(spec)) for spec in args.genotype]
     rng = random.Random(0)

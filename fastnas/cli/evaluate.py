@@ -15,6 +15,7 @@ from pathlib import Path
 from fastnas.cli.common import cli_main, description
 from fastnas.infra import config as cfglib
 from fastnas.infra.options import DATASETS
+from fastnas.infra.rundir import refuse_existing
 from fastnas.infra.runtime import check_device
 from fastnas.train.evaluate import evaluate_checkpoint
 
@@ -27,7 +28,7 @@ def parse_args(argv=None):
     p.add_argument("--dataset", default=None, choices=list(DATASETS), help="default: the training dataset")
     p.add_argument("--data-dir", default=None, help="default: the training data dir")
     p.add_argument("--split", default="test", choices=["test", "train"])
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=cfglib.int_in(1, 65536), default=256)
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"])
     p.add_argument("--out", default=None, help="write the result as JSON here")
@@ -40,6 +41,7 @@ def _check_args(args) -> None:
         raise cfglib.ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     check_device(args.device)
     if args.out:
+        refuse_existing(args.out, "--out")
         parent = Path(args.out).resolve().parent
         if not parent.is_dir():
             raise cfglib.ConfigError(f"--out {args.out}: folder {parent} does not exist")

@@ -49,10 +49,13 @@ def parse_args(argv=None):
                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--samplers", nargs="+", default=None, choices=list(SAMPLERS),
                    help="one search per sampler and seed (default: the search preset's sampler)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="search and retraining seeds")
-    p.add_argument("--random", type=int, default=8,
+    p.add_argument("--seeds", nargs="+", type=cfglib.int_in(0, cfglib.INT64_MAX), default=[0, 1, 2, 3, 4],
+                   help="search and retraining seeds")
+    p.add_argument("--random", type=cfglib.int_in(0, 10_000, "each random cell is retrained once per seed"),
+                   default=8,
                    help="random genotypes per seed (fresh cells for every seed), each retrained with that seed")
-    p.add_argument("--random-seed", type=int, default=1234, help="seed of the random genotypes")
+    p.add_argument("--random-seed", type=cfglib.int_in(0, cfglib.INT64_MAX), default=1234,
+                   help="seed of the random genotypes")
     p.add_argument("--search-preset", default="quick", choices=list(SEARCH_PRESETS))
     p.add_argument("--train-preset", default="quick", choices=list(TRAIN_PRESETS))
     p.add_argument("--search-config", default=None, metavar="FILE.yaml", help="search options (fastnas.search)")
@@ -60,7 +63,7 @@ def parse_args(argv=None):
     p.add_argument("--dataset", default=None, choices=list(DATASETS), help="default: the presets' (embedded)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default=None, help="default: auto")
-    p.add_argument("--workers", type=int, default=None, help="CPU threads")
+    p.add_argument("--workers", type=cfglib.int_in(0, 4096), default=None, help="CPU threads")
     p.add_argument("--out", default=None, help="study directory (default runs/study-<time>)")
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the study in DIR with its saved options")
     p.add_argument("--merge", nargs="+", default=None, metavar="STUDY.json",
@@ -147,8 +150,9 @@ def _merge(args) -> int:
     for path in args.merge:
         try:
             studies.append(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"--merge: cannot read {path}: {exc}") from None
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--merge: cannot read {path}: {type(exc).__name__}: "
+                              f"{(str(exc).splitlines() or [''])[0][:160]}") from None
         if not isinstance(studies[-1], dict) or "per_seed" not in studies[-1]:
             raise ConfigError(f"--merge: {path} is not a study.json")
     merged = merge_studies(studies)
@@ -159,6 +163,7 @@ def _merge(args) -> int:
     run.write_text("study.md", md)
     plots.study_chart(merged, out / "study.png")
     run.log(md)
+    run.log(f"merged {len(studies)} studies ({len(merged['seeds'])} seeds) into {out}")
     run.close()
     return 0
 

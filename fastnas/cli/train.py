@@ -37,7 +37,10 @@ def run_training(launch: Launch) -> dict:
     """Run (or resume) a retraining and write its report; returns the report. Under torchrun every
     process runs this; only rank 0 writes."""
     cfg = launch.cfg
-    genotype = resolve_genotype(cfg.genotype) if launch.state is None else Genotype.from_dict(launch.state["genotype"])
+    if launch.state is None:
+        genotype = resolve_genotype(cfg.genotype).check_trainable()
+    else:
+        genotype = Genotype.from_dict(launch.state["genotype"])
     return execute(launch, lambda la, run, ctx, device: _train(la, run, ctx, device, genotype))
 
 

@@ -40,6 +40,23 @@ _BOUNDS = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"),
            "le": (lambda v, b: v <= b, "<="), "lt": (lambda v, b: v < b, "<")}
 
 
+def int_in(lo: int, hi: int, why: str = ""):
+    """An argparse `type` for an integer in [lo, hi]; out of range is a one-line usage error saying the
+    bound (and why it is there)."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{v} is outside [{lo}, {hi:,}]" + (f" ({why})" if why else ""))
+        return v
+
+    parse.__name__ = "integer"
+    return parse
+
+
 def check_fields(cfg) -> None:
     """The one validation layer every option passes, from the command line and from YAML alike: each
     float is finite, each integer fits in 64 bits, and the bounds a field declares (``ge``, ``gt``,
@@ -201,20 +218,38 @@ def config_for_resume(cls, saved: dict, cli: dict, keys: tuple[str, ...]):
     return cfg, changes
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice is an error (YAML itself lets the last one win)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"option {key!r} is given twice (line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_yaml(path: str | Path) -> dict:
-    """Options from a YAML mapping file."""
+    """Options from a YAML mapping file: each key once, no `config` key (files do not include files)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.load(p.read_text(), Loader=_UniqueKeyLoader) or {}
+    except ConfigError as exc:
+        raise ConfigError(f"config file {p}: {exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {p} is not a text (YAML) file") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a mapping of option: value")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    if "config" in data:
+        raise ConfigError(f"config file {p}: 'config' is not an option inside a config file (one file per run)")
+    return data
 
 
 def build_config(cls, presets: dict[str, dict], cli: dict, default_preset: str):
@@ -263,6 +298,6 @@ def from_dict(cls, d: dict):
 
 
 __all__ = [
-    "ConfigError", "OneLineErrorParser", "make_parser", "config_for_resume", "refuse_changes", "opt",
+    "ConfigError", "OneLineErrorParser", "int_in", "make_parser", "config_for_resume", "refuse_changes", "opt",
     "add_arguments", "build_config", "load_yaml", "save_yaml", "to_dict", "from_dict", "dataclass", "check_fields",
 ]

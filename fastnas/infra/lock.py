@@ -41,6 +41,11 @@ def _pid_alive(pid: int, start: str | None = None) -> bool:
     return start is None or start == ticks
 
 
+def held_here(path: Path) -> bool:
+    """Whether this process holds the lock of `path`."""
+    return str(path.resolve()) in _HELD
+
+
 def acquire_lock(path: Path) -> Path:
     """Create path/.lock holding our pid and host (O_EXCL: of two processes one wins). A lock whose
     process is gone (killed runs leave one) is taken over; a live one is a one-line error."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from fastnas.infra.config import opt
 from fastnas.infra.errors import ConfigError
-from fastnas.infra.runtime import check_device, physical_memory
+from fastnas.infra.runtime import check_device, device_memory, physical_memory
 
 # The datasets fastnas reads (fastnas.data has a loader for each).
 DATASETS = ("embedded", "cifar10", "cifar100", "folder")
@@ -42,6 +42,21 @@ class RunOptions:
                 raise ConfigError(f"embedded_size={self.embedded_size} needs {need / 2**30:.1f} GiB of images, more "
                                   f"than this machine's {ram / 2**30:.1f} GiB of memory")
         check_device(self.device)
+        if self.out is not None and not self.out.strip():
+            raise ConfigError("--out is empty: give a run directory, or leave --out out for runs/<command>-<time>")
+
+    @property
+    def image_side(self) -> int:
+        """The side of the images the network sees (CIFAR and the embedded data: 32)."""
+        return self.image_size if self.dataset == "folder" else 32
+
+    def check_fits(self, need: int, what: str) -> None:
+        """Refuse a run whose tensors (`need` bytes, a lower bound) cannot fit the device's memory."""
+        have = device_memory(self.device)
+        if have and need > have:
+            raise ConfigError(f"{what} needs at least {need / 2**30:,.1f} GiB for one training step, more than the "
+                              f"{have / 2**30:.1f} GiB of {'the GPU' if self.device.startswith('cuda') else 'memory'}"
+                              " here: use fewer layers or channels, smaller images or a smaller batch")
 
 
 
@@ -51,9 +66,15 @@ class SGDOptions:
     """The weight optimizer's options, shared by the search and the retraining: SGD with momentum and
     a cosine learning-rate schedule (per stage in a search), as DARTS and its successors use."""
 
-    batch_size: int = opt(96, "batch size (a search uses it for both the weight and the architecture step)", ge=1)
+    batch_size: int = opt(96, "batch size (a search uses it for both the weight and the architecture step)", ge=1,
+                          le=65536)
     lr: float = opt(0.025, "SGD learning rate (cosine-annealed; per stage in a search)", gt=0)
     lr_min: float = opt(0.0, "final learning rate of the cosine schedule", ge=0)
     momentum: float = opt(0.9, "SGD momentum", ge=0, lt=1)
     weight_decay: float = opt(3e-4, "SGD weight decay", ge=0)
     grad_clip: float = opt(5.0, "gradient-norm clip of the weight step (0: off)", ge=0)
+
+    def check(self) -> None:
+        if self.lr_min > self.lr:
+            raise ConfigError(f"lr_min={self.lr_min} is above lr={self.lr}: the cosine schedule anneals from lr "
+                              "down to lr_min")

@@ -23,7 +23,7 @@ import torch
 
 from fastnas.infra import console
 from fastnas.infra.errors import RunError
-from fastnas.infra.lock import LOCK_NAME, acquire_lock, release_lock
+from fastnas.infra.lock import LOCK_NAME, acquire_lock, held_here, release_lock
 
 # Version of the checkpoints this code writes; a checkpoint from a newer fastnas is refused by name.
 CHECKPOINT_VERSION = 1
@@ -58,8 +58,33 @@ def _free_path(base: Path) -> Path:
 
 
 # Files whose presence makes a directory a run's (search, train, pipeline or study).
-RUN_MARKERS = ("config.yaml", "run.log", "metrics.jsonl", "checkpoint.pt", "last.pt", "summary.json",
-               "report.json", "study_config.yaml", "pipeline.json", "genotype.json")
+RUN_MARKERS = ("config.yaml", "run.log", "metrics.jsonl", "checkpoint.pt", "last.pt", "best.pt", "summary.json",
+               "report.json", "study_config.yaml", "study.json", "pipeline.json", "genotype.json", "model.pt2",
+               "model.safetensors", "model_state_dict.pt")
+# What a run writes before its first checkpoint: a folder holding only these (and no live lock) is a
+# start that failed or was interrupted, which nothing can resume; the next run may take it over.
+_START_FILES = {"config.yaml", "run.log", LOCK_NAME}
+_START_DIRS = {"tensorboard"}
+
+
+def never_checkpointed(path: Path) -> bool:
+    """Whether `path` holds only the files of a run start that never reached its first checkpoint."""
+    try:
+        entries = list(path.iterdir())
+    except OSError:
+        return False
+    return bool(entries) and all((e.is_file() and e.name in _START_FILES) or (e.is_dir() and e.name in _START_DIRS)
+                                 for e in entries)
+
+
+def refuse_existing(path: str | Path, what: str) -> Path:
+    """A result file to create: one that exists already (a run's config, a checkpoint, anything this
+    command did not write) is never replaced."""
+    p = Path(path)
+    if p.exists():
+        raise RunError(f"{what} {p} exists already: fastnas writes results only to new files (choose another path "
+                       "or remove it)")
+    return p
 
 
 def holds_run(path: Path) -> str | None:
@@ -72,8 +97,17 @@ def claim_run_dir(path: Path, *, resume: bool = False, overwrite: bool = False) 
     resumed, or `overwrite` moves the old run aside (to <path>.old-<time>; nothing is deleted or mixed).
     Returns where the old run went, if it was moved."""
     moved = None
+    if path.is_dir() and (path / LOCK_NAME).exists() and not held_here(path):
+        # a live run: say so (pid, host) rather than "holds a run"; a dead one's lock is taken over
+        acquire_lock(path)
+        release_lock(path)
     if path.is_dir() and not resume:
         found = holds_run(path)
+        if found and never_checkpointed(path):
+            console.echo(f"reusing {path}: the run started there stopped before its first checkpoint "
+                         "(its run.log goes on below)")
+            (path / "config.yaml").unlink(missing_ok=True)
+            found = None
         if found and not overwrite:
             raise RunError(f"{path} already holds a run ({found}): continue it with --resume {path}, move it "
                            "aside with --overwrite, or choose another --out")
@@ -278,11 +312,13 @@ def load_checkpoint(path: str | Path, map_location="cpu", kind: str | tuple[str,
         with torch.serialization.safe_globals(_OLD_CHECKPOINT_GLOBALS), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's note on a foreign pickle protocol: the error says enough
             state = torch.load(p, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:  # the weights-only unpickler met a global it does not admit
-        raise RunError(f"refused checkpoint {p}: {_refused_globals(p) or 'it'} is not data a fastnas "
-                       "checkpoint holds; loading it could run code (a crafted or foreign file?)") from None
     except Exception as exc:
-        raise RunError(f"corrupt checkpoint {p}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}") from None
+        refused = _refused_globals(p) if isinstance(exc, pickle.UnpicklingError) else ""
+        if refused:  # the weights-only unpickler met a global it does not admit
+            raise RunError(f"refused checkpoint {p}: {refused} is not data a fastnas checkpoint holds; loading "
+                           "it could run code (a crafted or foreign file?)") from None
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise RunError(f"corrupt checkpoint {p}: {type(exc).__name__}: {first}") from None
     if not isinstance(state, dict) or "version" not in state:
         raise RunError(f"corrupt checkpoint {p}: not a fastnas checkpoint")
     version = state["version"]

@@ -73,6 +73,16 @@ def physical_memory() -> int:
         return 0
 
 
+def device_memory(name: str) -> int:
+    """Bytes of memory a run on device `name` (auto, cpu, cuda[:N]) can hold tensors in: the GPU's for
+    CUDA, the machine's otherwise (0 when unknown)."""
+    if name != "cpu" and torch.cuda.is_available():
+        index = int(name.split(":")[1]) if ":" in name else torch.cuda.current_device()
+        if index < torch.cuda.device_count():
+            return torch.cuda.get_device_properties(index).total_memory
+    return physical_memory()
+
+
 def check_device(name: str) -> None:
     """auto, cpu, cuda or cuda:N, and a CUDA device that exists on this machine."""
     m = re.fullmatch(r"auto|cpu|cuda(?::(\d+))?", name)

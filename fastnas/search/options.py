@@ -19,6 +19,7 @@ from fastnas.search.budget import Budget
 from fastnas.search.edge_norm import EdgeNorm
 from fastnas.search.fixed_reduction import FixedReduction
 from fastnas.search.partial_channels import PartialChannels
+from fastnas.space.network import activation_bytes
 from fastnas.space.primitives import PRIMITIVES, is_primitive
 from fastnas.space.sampler import SAMPLERS, GumbelHardSampler, sampler_class
 
@@ -152,6 +153,20 @@ class SearchConfig(SearchOutputs, Budget, Anchor, ArchOrder, FixedReduction, Edg
     preset: str = opt("progressive", "preset: progressive (default: P-DARTS stages + GDAS sampler), pdarts, patent, "
                       "darts, darts2, pcdarts, gdas, drnas (each paper's CIFAR-10 recipe), quick (learns in "
                       "minutes on a CPU) or smoke (seconds, CI)", choices=PRESET_NAMES)
+
+    def check(self) -> None:
+        useful = [p for p in self.primitives if p not in ("none", "skip_connect")]
+        if not useful and 0 <= self.max_skip < 8:
+            raise ConfigError(f"primitives {self.primitives}: every edge of the derived normal cell would be "
+                              f"skip_connect (8 skips), above --max-skip {self.max_skip}: add an operation or "
+                              "pass --max-skip -1")
+        for s in range(len(self.cells)):  # the largest supernet decides; refuse before building any
+            ops = -(-self.ops_kept[s] // self.stage_partial_channels(s))
+            self.check_fits(activation_bytes(self.channels[s], self.cells[s], self.image_side, self.batch_size,
+                                             ops_per_edge=ops, edges=14),
+                            f"stage {s + 1}'s supernet ({self.cells[s]} cells, {self.channels[s]} channels, "
+                            f"{self.ops_kept[s]} ops per edge) on {self.image_side}x{self.image_side} images in "
+                            f"batches of {self.batch_size}")
 
 
 def upgrade_saved(saved: dict) -> dict:

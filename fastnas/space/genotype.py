@@ -91,6 +91,15 @@ class Genotype:
         """Intermediate nodes per cell (DARTS: 4)."""
         return len(self.normal) // 2
 
+    def check_trainable(self) -> Genotype:
+        """Raise :class:`GenotypeError` when a cell's every operation is 'none': its output is zero, so
+        nothing after it learns (a network to retrain needs a path from the input); return self."""
+        for kind, pairs in (("normal", self.normal), ("reduce", None if self.reduce_cell else self.reduce)):
+            if pairs and all(op == "none" for op, _ in pairs):
+                raise GenotypeError(f"the {kind} cell's every operation is 'none': its output is zero and the "
+                                    "network cannot learn")
+        return self
+
     def validate(self, check_ops: bool = True) -> Genotype:
         """Raise :class:`GenotypeError` naming the problem; return self when valid."""
         if self.reduce_cell is not None:
@@ -229,7 +238,11 @@ class Genotype:
             path = Path(text_or_path)
             if not _is_file(text):
                 raise GenotypeError(f"genotype file not found: {path}")
-            text = path.read_text()
+            try:
+                text = path.read_text()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise GenotypeError(f"cannot read genotype file {path}: not a text file "
+                                    f"({type(exc).__name__})") from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:

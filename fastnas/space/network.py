@@ -271,3 +271,20 @@ class EvalNetworkImageNet(_Network):
         s0 = self.stem0(x)
         s1 = self.stem1(s0)
         return self._run(s0, s1)
+
+
+def activation_bytes(channels: int, layers: int, side: int, batch: int, *, ops_per_edge: int = 1, edges: int = 8,
+                     stem_multiplier: int = 3, bytes_per_value: int = 4) -> int:
+    """A lower bound on the activations one training step keeps for backward, for a DARTS network of
+    `layers` cells on `side` x `side` images (a search's supernet: `edges` 14 and `ops_per_edge`
+    candidates). Counted as two saved tensors per op and six per cell (preprocessing, the concatenation)
+    at each cell's channels and resolution, closed-form in `layers`, so a config can be refused before
+    a network too large for the machine is built (or a loop over its cells hangs)."""
+    r1, r2 = layers // 3, 2 * layers // 3
+    per_cell = 2 * edges * ops_per_edge + 6
+    # cells before the first reduction; from it up to the second; from the second on
+    segments = ((r1, channels, side), (r2 - r1, 2 * channels, -(-side // 2)),
+                (layers - r2, 4 * channels, -(-side // 4)))
+    values = stem_multiplier * channels * side * side
+    values += sum(n * per_cell * c * h * h for n, c, h in segments)
+    return values * batch * bytes_per_value

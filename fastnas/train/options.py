@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from fastnas.infra.config import opt
 from fastnas.infra.errors import ConfigError
 from fastnas.infra.options import RunOptions, SGDOptions
+from fastnas.space.network import activation_bytes
 
 
 @dataclass
@@ -41,7 +42,13 @@ class TrainConfig(SGDOptions, RunOptions):
         if self.auxiliary and self.layers < 2:
             raise ConfigError(f"layers={self.layers} leaves no cell for the auxiliary head (after 2/3 of the "
                               "depth): use --layers >= 2 or --no-auxiliary")
-        side = self.image_size if self.dataset == "folder" else 32
+        side = self.image_side
+        if self.auxiliary and -(-side // 4) < 8:  # DARTS' head pools 5x5 with stride 3, then a 2x2 conv
+            raise ConfigError(f"the auxiliary head needs the 8x8 feature map of images of at least 29 pixels; "
+                              f"{side}x{side} images leave {-(-side // 4)}x{-(-side // 4)}: use --no-auxiliary")
+        self.check_fits(activation_bytes(self.channels, self.layers, side, self.batch_size),
+                        f"a {self.layers}-cell network of {self.channels} channels on {side}x{side} images "
+                        f"in batches of {self.batch_size}")
         if self.cutout > side:
             raise ConfigError(f"cutout={self.cutout} is larger than the {side}x{side} images")
         if self.latency_device is not None and not (self.latency_device == "cpu"
