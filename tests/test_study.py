@@ -3,6 +3,7 @@ end to end with resume."""
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 from helpers import fails
@@ -160,6 +161,15 @@ def test_merge_studies(tmp_path):
     assert json.loads((tmp_path / "m" / "study.json").read_text())["seeds"] == [0, 1, 2]
     assert (tmp_path / "m" / "study.png").is_file() and "| 2 |" in (tmp_path / "m" / "study.md").read_text()
     assert main(["--merge", str(tmp_path / "nope.json"), "--out", str(tmp_path / "m2")]) == 2
+
+
+def test_merge_without_out_says_where_it_wrote(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s0.json").write_text(json.dumps(_fake_study([0], [(0.6, [0.5, 0.55])])))
+    assert main(["--merge", "s0.json"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    where = Path(last.split(" into ")[-1])
+    assert last.startswith("merged 1 studies (1 seeds) into runs/study-") and (where / "study.json").is_file()
 
 
 def test_study_resume_refuses_changed_options(tmp_path, capsys):

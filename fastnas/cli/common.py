@@ -22,7 +22,8 @@ from fastnas.infra.runtime import resolve_device, seed_everything
 def description(doc: str) -> str:
     """A command's --help description: its module docstring's first sentence, without the command name."""
     first = doc.strip().split("\n\n")[0].replace("\n", " ")
-    return re.sub(r"^``fastnas [a-z]+[^`]*``(?: \(``python -m [a-z.]+``\))?:\s*", "", first)
+    text = re.sub(r"^``fastnas [a-z]+[^`]*``(?: \(``python -m [a-z.]+``\))?:\s*", "", first).replace("``", "")
+    return text[:1].upper() + text[1:]
 
 
 def cli_main(parse_args, body, argv=None) -> int:
@@ -86,7 +87,8 @@ def _interrupt_message(runs: list[RunDir]) -> str:
         return "interrupted"
     if any((run.path / n).is_file() for n in ("checkpoint.pt", "last.pt", "pipeline.json", "study_config.yaml")):
         return f"interrupted: continue with --resume {run.path}"
-    return f"interrupted before the first checkpoint of {run.path}: nothing to resume yet, start again"
+    return (f"interrupted before the first checkpoint of {run.path}: nothing to resume yet; start again "
+            "(the same --out is reused)")
 
 
 def _fail(line: str, opened: list[RunDir]) -> None:
@@ -177,4 +179,18 @@ def resumed_line(launch: Launch, where: str) -> str:
     return f"resumed {launch.path} at {where}{changed}"
 
 
-__all__ = ["cli_main", "guarded", "Launch", "prepare", "execute", "resumed_line"]
+# A quick trial's size, for the search and the retraining alike (no YAML files needed).
+SIZE_OPTIONS = ("max_steps", "embedded_size", "image_size")
+
+
+def add_size_arguments(p) -> None:
+    """--max-steps, --embedded-size, --image-size for a command that runs a search and retrainings."""
+    p.add_argument("--max-steps", type=cfglib.int_in(0, cfglib.INT64_MAX), default=None,
+                   help="cap on steps per epoch in the search and the retraining (0: full passes)")
+    p.add_argument("--embedded-size", type=cfglib.int_in(4, cfglib.INT64_MAX), default=None,
+                   help="training images of the embedded dataset (default: the presets')")
+    p.add_argument("--image-size", type=cfglib.int_in(8, 4096), default=None,
+                   help="image side for the folder dataset (default: 32)")
+
+
+__all__ = ["SIZE_OPTIONS", "add_size_arguments", "cli_main", "guarded", "Launch", "prepare", "execute", "resumed_line"]

@@ -4,7 +4,6 @@ table's prediction error against whole measured networks."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import statistics
@@ -26,7 +25,7 @@ LATENCY_OPTIONS = ("latency_batch", "latency_dtype", "latency_cache")
 
 def parse_args(argv=None):
     p = cfglib.OneLineErrorParser(prog="fastnas cost", description=description(__doc__),
-                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                  formatter_class=cfglib.HelpFormatter)
     p.add_argument("--genotype", nargs="+", default=["DARTS_V2"],
                    help="published names, genotype.json files, search run directories or genotype strings")
     p.add_argument("--random", type=cfglib.int_in(0, 100_000), default=0,

@@ -6,7 +6,6 @@ normalization; the dataset defaults to the one it was trained on and can be chan
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -22,7 +21,7 @@ from fastnas.train.evaluate import evaluate_checkpoint
 
 def parse_args(argv=None):
     p = cfglib.OneLineErrorParser(prog="fastnas evaluate", description=description(__doc__),
-                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                  formatter_class=cfglib.HelpFormatter)
     p.add_argument("--checkpoint", required=True, help="best.pt or last.pt of a training run (or its directory)")
     p.add_argument("--genotype", default=None, help="expected genotype: an error if the checkpoint's differs")
     p.add_argument("--dataset", default=None, choices=list(DATASETS), help="default: the training dataset")

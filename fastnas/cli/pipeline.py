@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fastnas.cli import search as search_cli
 from fastnas.cli import train as train_cli
-from fastnas.cli.common import cli_main, description
+from fastnas.cli.common import SIZE_OPTIONS, add_size_arguments, cli_main, description
 from fastnas.cost import human
 from fastnas.infra import config as cfglib
 from fastnas.infra import distributed
@@ -32,7 +32,7 @@ PRESETS = {"smoke": ("smoke", "smoke"), "quick": ("quick", "quick"), "full": ("p
 
 def parse_args(argv=None):
     p = cfglib.OneLineErrorParser(prog="fastnas pipeline", description=description(__doc__),
-                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                  formatter_class=cfglib.HelpFormatter)
     p.add_argument("--preset", default="smoke", choices=list(PRESETS),
                    help="search preset + retraining preset: smoke (smoke + smoke), quick (quick + quick), "
                         "full (progressive + darts), pdarts (pdarts + darts), patent (patent + darts)")
@@ -41,6 +41,7 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None, help="default: auto")
+    add_size_arguments(p)
     p.add_argument("--search-config", default=None, metavar="FILE.yaml", help="search options (fastnas.search)")
     p.add_argument("--train-config", default=None, metavar="FILE.yaml", help="retraining options (fastnas.train)")
     # The budget options are the search's own (fastnas.search.budget.Budget): one declaration, one check.
@@ -56,7 +57,7 @@ def parse_args(argv=None):
 BUDGET_OPTIONS = ("target_params", "target_flops", "target_latency_ms", "budget_fit")
 
 # The options that decide what a pipeline computes: saved in pipeline.json, compared on --resume.
-FINGERPRINT = ("preset", "dataset", "data_dir", "seed", "search_config", "train_config", "target_params",
+FINGERPRINT = ("preset", "dataset", "data_dir", "seed", *SIZE_OPTIONS, "search_config", "train_config", "target_params",
                "target_flops", "target_latency_ms", "budget_fit")
 
 
@@ -100,7 +101,7 @@ def _check_train_config(args, train_preset: str) -> None:
     cli = {"preset": train_preset, "genotype": "DARTS_V2"}
     if args.train_config:
         cli["config"] = args.train_config
-    for name in ("dataset", "data_dir", "seed", "device"):
+    for name in ("dataset", "data_dir", "seed", "device", *SIZE_OPTIONS):
         if getattr(args, name) is not None:
             cli[name] = getattr(args, name)
     try:
@@ -128,7 +129,8 @@ def _pipeline(args, ctx) -> int:
     if not args.resume:
         run.write_json("pipeline.json", {"options": fingerprint(args)})
     search_dir, train_dir = out / "search", out / "train"
-    common = {k: getattr(args, k) for k in ("dataset", "data_dir", "seed", "device") if getattr(args, k) is not None}
+    common = {k: getattr(args, k) for k in ("dataset", "data_dir", "seed", "device", *SIZE_OPTIONS)
+              if getattr(args, k) is not None}
 
     if (search_dir / "genotype.json").is_file():
         run.log(f"search already finished: {search_dir}")

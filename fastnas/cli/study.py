@@ -17,7 +17,6 @@ checkpoint), and under torchrun every sub-run uses all processes. Writes ``study
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
@@ -30,7 +29,7 @@ import yaml
 from fastnas import plots
 from fastnas.cli import search as search_cli
 from fastnas.cli import train as train_cli
-from fastnas.cli.common import cli_main, description
+from fastnas.cli.common import SIZE_OPTIONS, add_size_arguments, cli_main, description
 from fastnas.infra import config as cfglib
 from fastnas.infra import distributed
 from fastnas.infra.errors import ConfigError, RunError
@@ -46,7 +45,7 @@ from fastnas.train import PRESETS as TRAIN_PRESETS
 
 def parse_args(argv=None):
     p = cfglib.OneLineErrorParser(prog="fastnas study", description=description(__doc__),
-                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                  formatter_class=cfglib.HelpFormatter)
     p.add_argument("--samplers", nargs="+", default=None, choices=list(SAMPLERS),
                    help="one search per sampler and seed (default: the search preset's sampler)")
     p.add_argument("--seeds", nargs="+", type=cfglib.int_in(0, cfglib.INT64_MAX), default=[0, 1, 2, 3, 4],
@@ -64,6 +63,7 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default=None, help="default: auto")
     p.add_argument("--workers", type=cfglib.int_in(0, 4096), default=None, help="CPU threads")
+    add_size_arguments(p)
     p.add_argument("--out", default=None, help="study directory (default runs/study-<time>)")
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the study in DIR with its saved options")
     p.add_argument("--merge", nargs="+", default=None, metavar="STUDY.json",
@@ -72,7 +72,7 @@ def parse_args(argv=None):
 
 
 _SAVED = ("samplers", "seeds", "random", "random_seed", "search_preset", "train_preset", "search_config",
-          "train_config", "dataset", "data_dir")
+          "train_config", "dataset", "data_dir", *SIZE_OPTIONS)
 # Saved with a study, not options: new studies draw fresh random cells for every seed (so the random
 # cells' spread is the space's, not retraining noise); a study started before kept one set for all seeds.
 _SAVED_FLAGS = {"fresh_random": True}
@@ -87,6 +87,8 @@ def _load_options(args) -> dict:
         defaults = vars(parse_args([]))
         given = {k: getattr(args, k) for k in _SAVED if getattr(args, k) != defaults[k]}
         cfglib.refuse_changes(saved, given, (), "a study")  # what a study compares may not change halfway
+        for key in SIZE_OPTIONS:  # a study from before these options used the presets' sizes
+            saved.setdefault(key, None)
         saved.setdefault("fresh_random", False)  # a study from before fresh cells per seed goes on as it began
         return {**saved, "device": args.device, "workers": args.workers, "out": args.resume, "resume": True}
     opts = {k: getattr(args, k) for k in _SAVED}
@@ -190,7 +192,7 @@ def _run_search(opts, sampler: str, seed: int, run_dir: Path, log) -> dict:
     else:
         log(f"search {sampler} seed {seed} -> {run_dir}")
         args = {"preset": opts["search_preset"], "sampler": sampler, "seed": seed,
-                **_only(opts, ("dataset", "data_dir", "device", "workers")), "out": str(run_dir),
+                **_only(opts, ("dataset", "data_dir", "device", "workers", *SIZE_OPTIONS)), "out": str(run_dir),
                 "overwrite": run_dir.exists()}  # a search cut before its first checkpoint starts again
         if opts["search_config"]:
             args["config"] = opts["search_config"]
@@ -205,7 +207,7 @@ def _run_train(opts, genotype: str, seed: int, run_dir: Path, log) -> dict:
         train_cli.run_training(train_cli.launch({"resume": str(run_dir), **_only(opts, ("device", "workers"))}))
     else:
         args = {"genotype": genotype, "preset": opts["train_preset"], "seed": seed, "export": False,
-                **_only(opts, ("dataset", "data_dir", "device", "workers")), "out": str(run_dir),
+                **_only(opts, ("dataset", "data_dir", "device", "workers", *SIZE_OPTIONS)), "out": str(run_dir),
                 "overwrite": run_dir.exists()}  # a retraining cut before its first checkpoint starts again
         if opts["train_config"]:
             args["config"] = opts["train_config"]

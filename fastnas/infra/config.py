@@ -21,6 +21,17 @@ import yaml
 from fastnas.infra.errors import ConfigError
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with each option's default, once: not for options without one (None) or whose help text
+    already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or "default" in text.lower() or action.default is argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (not the whole usage block) and exit code 2."""
 
@@ -110,7 +121,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls, only: tuple[str, ...] | 
         name = "--" + f.name.replace("_", "-")
         help_text = f.metadata.get("help", "")
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if "default" not in help_text:  # a help text that names its default says it once
+        if "default" not in help_text and default is not None:  # said once, and only when there is one
             help_text = f"{help_text} (default: {default})"
         kwargs = {"default": argparse.SUPPRESS, "help": help_text, "dest": f.name}
         if "choices" in f.metadata:
@@ -174,7 +185,7 @@ def make_parser(prog: str, description: str, cls) -> OneLineErrorParser:
     """The parser of a run CLI: --config FILE.yaml, --resume DIR, and one option per field of `cls`."""
     parser = OneLineErrorParser(prog=prog, description=description + " Options come from --preset, then "
                                 "--config FILE.yaml, then the command line.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     parser.add_argument("--config", default=argparse.SUPPRESS, metavar="FILE.yaml",
                         help="YAML file of options (any option below, by its name)")
     parser.add_argument("--resume", default=argparse.SUPPRESS, metavar="DIR",
@@ -298,6 +309,7 @@ def from_dict(cls, d: dict):
 
 
 __all__ = [
-    "ConfigError", "OneLineErrorParser", "int_in", "make_parser", "config_for_resume", "refuse_changes", "opt",
+    "ConfigError", "OneLineErrorParser", "HelpFormatter", "int_in", "make_parser", "config_for_resume",
+    "refuse_changes", "opt",
     "add_arguments", "build_config", "load_yaml", "save_yaml", "to_dict", "from_dict", "dataclass", "check_fields",
 ]

@@ -95,8 +95,9 @@ def holds_run(path: Path) -> str | None:
 def claim_run_dir(path: Path, *, resume: bool = False, overwrite: bool = False) -> Path | None:
     """Make `path` this run's directory. A directory holding another run is refused unless the run is
     resumed, or `overwrite` moves the old run aside (to <path>.old-<time>; nothing is deleted or mixed).
-    Returns where the old run went, if it was moved."""
-    moved = None
+    A folder where a run started but never reached its first checkpoint belongs to nobody and is
+    reused. Returns where the old run went (if it was moved) and whether the folder was reused."""
+    moved, reused = None, False
     if path.is_dir() and (path / LOCK_NAME).exists() and not held_here(path):
         # a live run: say so (pid, host) rather than "holds a run"; a dead one's lock is taken over
         acquire_lock(path)
@@ -104,10 +105,9 @@ def claim_run_dir(path: Path, *, resume: bool = False, overwrite: bool = False) 
     if path.is_dir() and not resume:
         found = holds_run(path)
         if found and never_checkpointed(path):
-            console.echo(f"reusing {path}: the run started there stopped before its first checkpoint "
-                         "(its run.log goes on below)")
             (path / "config.yaml").unlink(missing_ok=True)
             found = None
+            reused = True
         if found and not overwrite:
             raise RunError(f"{path} already holds a run ({found}): continue it with --resume {path}, move it "
                            "aside with --overwrite, or choose another --out")
@@ -119,7 +119,7 @@ def claim_run_dir(path: Path, *, resume: bool = False, overwrite: bool = False) 
             os.replace(path, moved)
     elif resume and not path.is_dir():
         raise RunError(f"nothing to resume: {path} is not a directory")
-    return moved
+    return moved, reused
 
 
 class RunDir:
@@ -135,8 +135,9 @@ class RunDir:
         self.enabled = enabled  # only rank 0 writes in distributed runs
         self.moved_aside = None
         self.is_open = True
+        reused = False
         if enabled:
-            self.moved_aside = claim_run_dir(self.path, resume=resume, overwrite=overwrite)
+            self.moved_aside, reused = claim_run_dir(self.path, resume=resume, overwrite=overwrite)
             try:
                 self.path.mkdir(parents=True, exist_ok=True)
                 probe = self.path / ".write-test"
@@ -156,6 +157,9 @@ class RunDir:
             fh = logging.FileHandler(self.path / "run.log")
             fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
             self.logger.addHandler(fh)
+            if reused:
+                self.log(f"reusing {self.path}: the run started here stopped before its first checkpoint, so "
+                         "nothing could resume it (its log is above)")
         self._tb = None
         if enabled:
             try:
