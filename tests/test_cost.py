@@ -342,3 +342,31 @@ def test_budget_weighs_edges_by_pcdarts_betas_as_derivation_does():
     scored = edge_scores(net, probs)
     w = net.edge_weights()["normal"].detach()
     torch.testing.assert_close(scored["normal"], probs["normal"] * w[:, None])
+
+
+def test_latency_budget_is_judged_by_the_measurement_and_refitted(tmp_path, monkeypatch):
+    """The lookup table sums per-op times; a whole network is slower. A fit that meets the budget by the
+    table but not by the measurement is refitted against a target scaled by the table's error, and the
+    report says what was measured (never 'within' on the table's word alone)."""
+    import fastnas.cost.fit as fit
+
+    setting = cost.LatencySetting("cpu", batch_size=1, repeats=2)
+    model = CostModel("latency", EvalShape(channels=2, layers=3), cost.LatencyTable(setting, tmp_path / "lat.json"))
+    g = published("DARTS_V2")
+    eps = _edge_primitives()
+    probs = {c: torch.full((14, len(eps[c][0])), 1 / len(eps[c][0])) for c in CELL_TYPES}
+    overhead = 1.5  # the whole network, measured: 1.5x its table sum (fixed part included)
+    monkeypatch.setattr(fit, "measure_genotype", lambda gen, shape, metric, lat: overhead * CostModel(
+        "latency", shape, model.latency, reduce_cell=gen.reduce_cell).genotype_cost(gen))
+    derived = model.genotype_cost(g)
+    target = 0.5 * (model.fixed + derived) * overhead  # reachable once the overhead is known
+    final, rep = fit.fit_to_budget(model, target, g, probs, eps, max_skip=2)
+    assert rep["measured_latency_ms"] == pytest.approx(overhead * rep["cost"])
+    assert rep["table_error"] == pytest.approx(1 / overhead - 1)
+    assert rep["meets_budget"] == (rep["measured_latency_ms"] <= target)
+    assert rep["meets_budget"] and rep.get("refits", 0) >= 1 and rep["fit_target"] < target
+    lines = "\n".join(cost.budget_report_lines(rep))
+    assert "measured" in lines and "within budget" in lines and "-33% off" in lines
+    # a target below what the cheapest network measures: OVER, said in the lines, never "within"
+    _, rep = fit.fit_to_budget(model, model.fixed * overhead * 0.5, g, probs, eps, max_skip=2)
+    assert not rep["meets_budget"] and "OVER budget" in "\n".join(cost.budget_report_lines(rep))

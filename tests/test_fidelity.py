@@ -122,10 +122,12 @@ def test_pruning_between_stages_keeps_none_by_its_probability(tmp_path):
 # ----------------------------------------------------------------- presets
 def test_pdarts_is_pdarts_and_the_default_is_the_progressive_gumbel_method():
     p = config(preset="pdarts")
-    assert (p.sampler, p.arch_lr, p.cells, p.ops_kept, p.skip_dropout) == (
-        "softmax", 6e-4, [5, 11, 17], [8, 5, 3], [0.0, 0.4, 0.7])
+    # the README's command (--dropout_rate 0.1 0.4 0.7) and its train() order (architecture first)
+    assert (p.sampler, p.arch_lr, p.cells, p.ops_kept, p.skip_dropout, p.arch_first) == (
+        "softmax", 6e-4, [5, 11, 17], [8, 5, 3], [0.1, 0.4, 0.7], True)
     assert temperature_schedule(p) is None
     d = config()
+    assert d.skip_dropout == [0.0, 0.4, 0.7] and not d.arch_first  # the paper's text; GDAS' order
     assert (d.preset, d.sampler, d.arch_lr, d.arch_grad_clip) == ("progressive", "gumbel-hard", 3e-4, 5.0)
     assert (temperature_schedule(d).start, temperature_schedule(d).end) == (10.0, 0.1)
 
@@ -208,3 +210,97 @@ def test_cell_stats_count_collapse():
 # ----------------------------------------------------------------- arch gradients vs finite differences
 
 
+
+
+# ----------------------------------------------------------------- the order of the two steps
+@pytest.mark.parametrize("arch_first", [True, False])
+def test_arch_first_steps_the_architecture_then_weights_under_it(tmp_path, arch_first):
+    """DARTS/P-DARTS/PC-DARTS/DrNAS (train_search.py train()): architect.step, then the weight step,
+    whose forward sees the moved alphas; GDAS: the weights first. Recorded per call: which step, and the
+    softmax weights it ran with, against softmax(alpha) at that moment."""
+    s = tiny(tmp_path, sampler="softmax", arch_first=arch_first, arch_lr=0.5)
+    s.build_stage(0)
+    calls = []
+    weight_step, arch_step = s.weight_step, s.arch_step
+
+    def record(name, step):
+        def wrapped(samples, *args):
+            alpha = s.net.arch_parameters()[0].detach().clone()
+            calls.append((name, samples["normal"].weights.detach().clone(), alpha))
+            return step(samples, *args)
+        return wrapped
+
+    s.weight_step, s.arch_step = record("weight", weight_step), record("arch", arch_step)
+    gens = [torch.Generator().manual_seed(0)]
+    s.step(gens, torch.zeros(4), arch=True)
+    assert [c[0] for c in calls] == (["arch", "weight"] if arch_first else ["weight", "arch"])
+    first, second = calls
+    # each step ran with the architecture as it was when it ran: the second sees the first's move
+    # only when the first was the architecture step
+    assert torch.allclose(second[1], F.softmax(second[2], -1))
+    assert torch.equal(second[2], first[2]) != arch_first
+    assert PRESETS["darts"]["arch_first"] and PRESETS["pdarts"]["arch_first"] and PRESETS["pcdarts"]["arch_first"]
+    assert PRESETS["drnas"]["arch_first"] and not PRESETS["gdas"].get("arch_first", False)
+
+
+# ----------------------------------------------------------------- GDAS on the DARTS space
+def test_gdas_mixed_op_is_forward_gdas_of_its_darts_space_cell():
+    """AutoDL-Projects search_cells.py MixedOp.forward_gdas: ``self._ops[index](x) * weights[index]``.
+    The gradient a hard sample's architecture parameters get, against that formula written out."""
+    torch.manual_seed(0)
+    op = MixedOp(4, 1, ["sep_conv_3x3", "max_pool_3x3", "avg_pool_3x3", "skip_connect"], pool_bn=False)
+    x = torch.randn(2, 4, 6, 6)
+    g = torch.randn(2, 4, 6, 6)  # a fixed upstream gradient
+    alpha = torch.randn(4, requires_grad=True)
+    gumbel = torch.tensor([0.3, -0.2, 1.5, 0.1])
+
+    def hard(a):
+        probs = F.softmax((a.log_softmax(-1) + gumbel) / 0.5, -1)
+        one_hot = torch.zeros_like(probs).scatter_(-1, probs.argmax(-1, keepdim=True), 1.0)
+        return one_hot - probs.detach() + probs
+
+    w = hard(alpha)
+    i = int(w.argmax())
+    (op(x, w, i) * g).sum().backward()
+    ours = alpha.grad.clone()
+    alpha.grad = None
+    w = hard(alpha)
+    (op.candidates[i](x) * w[i] * g).sum().backward()
+    torch.testing.assert_close(ours, alpha.grad)
+    # pooling candidates without BN (GDAS' POOLING op), with it by default (DARTS' MixedOp)
+    assert isinstance(op.candidates[1], torch.nn.MaxPool2d)
+    assert isinstance(MixedOp(4, 1, ["max_pool_3x3"]).candidates[0], torch.nn.Sequential)
+
+
+def test_gdas_genotype_rule_takes_the_two_strongest_pairs_per_node():
+    """search_model_gdas_nasnet.py genotype(): per node, every (op, input) over non-'none' ops sorted by
+    weight, the first two; an input may come twice. DARTS' rule takes two distinct inputs."""
+    from fastnas.space.derive import _derive_once
+
+    names = [["none", "sep_conv_3x3", "max_pool_3x3"]] * 14
+    probs = [[0.1, 0.2, 0.7]] * 14
+    probs[0] = [0.0, 0.5, 0.5 - 1e-3]  # node 2, input 0: both ops beat input 1's best
+    probs[1] = [0.1, 0.45, 0.44]
+    gdas = _derive_once([list(p) for p in probs], names, 4, "gdas")
+    darts = _derive_once([list(p) for p in probs], names, 4, "darts")
+    assert [(op, j) for op, j, _, _ in gdas[:2]] == [("sep_conv_3x3", 0), ("max_pool_3x3", 0)]
+    assert [(op, j) for op, j, _, _ in darts[:2]] == [("sep_conv_3x3", 0), ("sep_conv_3x3", 1)]
+
+
+def test_gdas_preset_is_its_scripts_recipe_and_network(tmp_path):
+    g = config(preset="gdas")
+    assert (g.cells, g.channels, g.epochs, g.warmup_epochs, g.batch_size) == ([6], [16], [250], [0], 256)
+    assert (g.lr, g.lr_min, g.momentum, g.nesterov, g.weight_decay) == (0.025, 0.001, 0.9, True, 5e-4)
+    assert (g.sampler, g.straight_through, g.arch_lr, g.arch_weight_decay) == ("gumbel-hard", "sampled", 3e-4, 1e-3)
+    assert (g.pool_bn, g.final_bn_relu, g.derivation, g.arch_first) == (False, True, "gdas", False)
+    s = tiny(tmp_path, preset="gdas", cells=[6], batch_size=16, epochs=[1], warmup_epochs=[0])
+    s.build_stage(0)
+    assert s.net.derivation == "gdas" and isinstance(s.net.final_act[0], torch.nn.BatchNorm2d)
+    assert s.w_opt.param_groups[0]["nesterov"] and [c.reduction for c in s.net.cells] == [0, 0, 1, 0, 1, 0]
+    # the FRC's convolutions carry a bias in the search network (bias=not affine), none when retrained
+    from fastnas.space.network import FixedReductionCell
+
+    convs = [m for m in FixedReductionCell(8, 8, 8, False, affine=False).modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(c.bias is not None for c in convs[2:])  # after the two preprocessing ReLUConvBNs
+    convs = [m for m in FixedReductionCell(8, 8, 8, False, affine=True).modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(c.bias is None for c in convs)

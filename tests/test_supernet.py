@@ -70,7 +70,9 @@ def test_forward_backward_with_each_sampler(sampler_name):
     assert net.stem[0].weight.grad is not None
 
 
-def test_gumbel_hard_runs_one_op_per_edge_and_every_alpha_gets_gradient():
+def test_gumbel_hard_runs_one_op_per_edge_and_its_alphas_get_gradient():
+    """GDAS' y = w_i * op_i(x): the gradient reaches an edge's alphas through w_i, so every alpha of an
+    edge whose sampled op outputs something gets one; an edge that sampled 'none' (output 0) gets none."""
     net = small_net()
     calls = []
     for m in net.modules():
@@ -78,11 +80,17 @@ def test_gumbel_hard_runs_one_op_per_edge_and_every_alpha_gets_gradient():
             for op in m.candidates:
                 op.register_forward_hook(lambda mod, inp, out: calls.append(mod))
     sampler = make_sampler("gumbel-hard", tau=1.0)
-    logits = net(torch.randn(4, 3, 16, 16), net.sample(sampler))
+    samples = net.sample(sampler)
+    logits = net(torch.randn(4, 3, 16, 16), samples)
     assert len(calls) == net.layers * num_edges(4)
     logits.logsumexp(-1).sum().backward()
-    for a in net.arch_parameters():
-        assert (a.grad != 0).all(), a.grad
+    for cell, a in net.named_arch_parameters().items():
+        names = net.edge_primitives[cell]
+        for e, i in enumerate(samples[cell].index_list):
+            if names[e][i] == "none":
+                assert (a.grad[e] == 0).all()
+            else:
+                assert (a.grad[e] != 0).all(), (cell, e, a.grad[e])
 
 
 def manual_forward(net, x, w_normal, w_reduce):

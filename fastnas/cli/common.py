@@ -16,7 +16,7 @@ from fastnas.infra import config as cfglib
 from fastnas.infra import distributed
 from fastnas.infra.errors import FastnasError
 from fastnas.infra.rundir import RunDir, default_run_dir, load_checkpoint, tracking_runs
-from fastnas.infra.runtime import resolve_device, seed_everything
+from fastnas.infra.runtime import choose_threads, resolve_device, seed_everything
 
 
 def description(doc: str) -> str:
@@ -153,8 +153,8 @@ def execute(launch: Launch, body):
     run directory for all ranks, written by rank 0 alone, owned for the run's lifetime), seeds, the
     resolved config saved as config.yaml; the processes leave together."""
     cfg = launch.cfg
-    if cfg.workers:
-        torch.set_num_threads(cfg.workers)
+    threads, why = choose_threads(cfg.workers)
+    torch.set_num_threads(threads)
     ctx, device_name = distributed.init(cfg.device, cfg.dist_timeout)
     launch.path = Path(distributed.broadcast_object(str(launch.path)))
     try:
@@ -162,6 +162,7 @@ def execute(launch: Launch, body):
         with RunDir(launch.path, enabled=ctx.is_main, resume=launch.resumed, overwrite=launch.overwrite) as run:
             if run.moved_aside:
                 run.log(f"--overwrite: the run that was in {launch.path} is now in {run.moved_aside}")
+            run.log(f"threads: {threads} ({why})", echo=False)
             cfg.out = str(launch.path)
             if run.enabled:
                 cfglib.save_yaml(cfg, run.path / "config.yaml")

@@ -223,9 +223,12 @@ def _budget_lines(budget: dict | None) -> list[str]:
     if not budget:
         return []
     h = lambda x: human(x, budget["metric"])  # noqa: E731
+    final = f"final {h(budget['cost'])}"
+    if "measured_latency_ms" in budget:  # judged by the measurement; the table's own error said beside it
+        final += (f" by the lookup table, {budget['measured_latency_ms']:.3f} ms measured (table "
+                  f"{100 * budget['table_error']:+.0f}%)")
     return [f"- budget: {budget['metric']} <= {h(budget['target'])} (penalty {budget['penalty']}); derived cell "
-            f"{h(budget['derived_cost'])}, final {h(budget['cost'])}, "
-            f"{'within' if budget['meets_budget'] else 'over'} the budget"]
+            f"{h(budget['derived_cost'])}, {final}, {'within' if budget['meets_budget'] else 'OVER'} the budget"]
 
 
 def main(argv=None) -> int:

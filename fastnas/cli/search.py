@@ -52,7 +52,9 @@ def _search(launch: Launch, run, ctx, device) -> Genotype:
     if ctx.enabled:  # every rank derives the genotype itself: show that they agree
         print(f"rank {ctx.rank} genotype: {genotype}", flush=True)
     run.log(f"genotype: {genotype}")
-    run.log(f"search time {searcher.elapsed:.1f}s; results in {launch.path}")
+    over = searcher.budget_report and not searcher.budget_report["meets_budget"]
+    run.log(f"search time {searcher.elapsed:.1f}s; results in {launch.path}"
+            + ("; the genotype is OVER its budget (see the budget lines above)" if over else ""))
     return genotype
 
 

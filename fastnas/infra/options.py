@@ -71,10 +71,13 @@ class SGDOptions:
     lr: float = opt(0.025, "SGD learning rate (cosine-annealed; per stage in a search)", gt=0)
     lr_min: float = opt(0.0, "final learning rate of the cosine schedule", ge=0)
     momentum: float = opt(0.9, "SGD momentum", ge=0, lt=1)
+    nesterov: bool = opt(False, "Nesterov momentum (GDAS' search)")
     weight_decay: float = opt(3e-4, "SGD weight decay", ge=0)
     grad_clip: float = opt(5.0, "gradient-norm clip of the weight step (0: off)", ge=0)
 
     def check(self) -> None:
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError("nesterov needs momentum > 0")
         if self.lr_min > self.lr:
             raise ConfigError(f"lr_min={self.lr_min} is above lr={self.lr}: the cosine schedule anneals from lr "
                               "down to lr_min")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import time
 
 import numpy as np
 import torch
@@ -71,6 +72,53 @@ def physical_memory() -> int:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return 0
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a container's or taskset's share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def busy_cores(window: float = 0.2) -> float | None:
+    """How many cores other work keeps busy right now, from /proc/stat over `window` seconds (None where
+    there is no /proc/stat). Sampled before this process computes anything, so it counts the others."""
+    def sample():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
+        return sum(v[:8]), idle
+
+    try:
+        t0, i0 = sample()
+        time.sleep(window)
+        t1, i1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    total = t1 - t0
+    if total <= 0:
+        return None
+    return (os.cpu_count() or 1) * (total - (i1 - i0)) / total
+
+
+def choose_threads(requested: int) -> tuple[int, str]:
+    """The intra-op thread count of a run and why. `requested` > 0 (--workers) or OMP_NUM_THREADS
+    decide when given; otherwise one thread per core that other work leaves free. Measured on 2 cores
+    (benchmarks/README.md): two threads on two idle cores run the smoke search 1.4x faster than one,
+    but beside one busy process they are 2.4x slower than one, since every tiny op's barrier waits for
+    the thread the other process holds up."""
+    if requested > 0:
+        return requested, "--workers"
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads(), "OMP_NUM_THREADS"
+    cores = usable_cores()
+    busy = busy_cores()
+    if busy is None:
+        return cores, f"{cores} usable core(s)"
+    free = max(1, min(cores, int(cores - busy + 0.5)))
+    return free, f"{cores} usable core(s), {busy:.1f} busy with other work"
 
 
 def device_memory(name: str) -> int:

@@ -136,8 +136,16 @@ class ArchOrder(Mechanism):
 
     arch_order: int = opt(1, "architecture gradient: 1 first order, 2 DARTS' second order (one-step unrolled "
                              "weights, finite-difference Hessian-vector product)", choices=[1, 2])
+    # DARTS (cnn/train_search.py train(): architect.step before optimizer.zero_grad), P-DARTS, PC-DARTS and
+    # DrNAS (train_search.py train(): the architecture update before the weight update) step the
+    # architecture first, so the second order unrolls from w_t; GDAS (AutoDL-Projects search_func:
+    # "update the weights" before "update the architecture-weight") steps the weights first.
+    arch_first: bool = opt(False, "each iteration steps the architecture (on a held-out batch) before the "
+                                  "weights (DARTS, P-DARTS, PC-DARTS, DrNAS); off: the weights first (GDAS)")
 
     def check(self) -> None:
+        if self.arch_order == 2 and self.nesterov:
+            raise ConfigError("arch_order 2 unrolls DARTS' heavy-ball momentum step; it does not model --nesterov")
         if self.arch_order == 2 and self.amp == "fp16":
             raise ConfigError("arch_order 2 does not run under --amp fp16 (no loss scaling through the "
                               "unrolled step); use bf16 or off")

@@ -18,6 +18,7 @@ from fastnas.search.arch_grad import ArchOrder
 from fastnas.search.budget import Budget
 from fastnas.search.edge_norm import EdgeNorm
 from fastnas.search.fixed_reduction import FixedReduction
+from fastnas.search.network_form import NetworkForm
 from fastnas.search.partial_channels import PartialChannels
 from fastnas.space.network import activation_bytes
 from fastnas.space.primitives import PRIMITIVES, is_primitive
@@ -140,13 +141,13 @@ class SearchOutputs:
 
 
 # The method mechanisms the searcher asks for supernet arguments and architecture-loss terms.
-MECHANISMS = (PartialChannels, EdgeNorm, FixedReduction, ArchOrder, Anchor, Budget)
+MECHANISMS = (PartialChannels, EdgeNorm, FixedReduction, NetworkForm, ArchOrder, Anchor, Budget)
 
 PRESET_NAMES = ["progressive", "pdarts", "patent", "darts", "darts2", "pcdarts", "gdas", "drnas", "quick", "smoke"]
 
 
 @dataclass
-class SearchConfig(SearchOutputs, Budget, Anchor, ArchOrder, FixedReduction, EdgeNorm, PartialChannels,
+class SearchConfig(SearchOutputs, Budget, Anchor, ArchOrder, NetworkForm, FixedReduction, EdgeNorm, PartialChannels,
                    ArchOptimizer, SamplerOptions, Stages, SGDOptions, RunOptions):
     """All options of a search (see ``fastnas search --help``); groups check themselves, RunOptions first."""
 

@@ -9,37 +9,47 @@ _ONE_STAGE = {"cells": [8], "channels": [16], "ops_kept": [8], "skip_dropout": [
 
 PRESETS: dict[str, dict] = {
     # The default, the source's method: P-DARTS' stages (cells 5/11/17, C=16, ops 8/5/3, skip dropout
-    # 0/0.4/0.7, 25 epochs of which 10 warm-up) with GDAS' sampler: hard Gumbel, arch lr 3e-4, tau 10 -> 0.1.
+    # 0/0.4/0.7 as the paper's text, 25 epochs of which 10 warm-up) with GDAS' sampler: hard Gumbel, arch
+    # lr 3e-4, tau 10 -> 0.1, and GDAS' order (the weight step first; P-DARTS' code steps the architecture
+    # first, which the pdarts preset follows).
     "progressive": {},
     # P-DARTS itself (chenxin061/pdarts train_search.py): softmax mixture (no temperature), arch lr 6e-4.
-    "pdarts": {"sampler": "softmax", "arch_lr": 6e-4},
+    # Its README's search command sets skip dropout 0.1/0.4/0.7 (the paper's text: 0.0/0.4/0.7, which the
+    # default keeps); this preset reproduces the code, so it takes the command's.
+    "pdarts": {"sampler": "softmax", "arch_lr": 6e-4, "arch_first": True, "skip_dropout": [0.1, 0.4, 0.7]},
     # The source's literal reading of "[9, 13, 19]" as per-stage widths.
     "patent": {"channels": [9, 13, 19]},
     # The single-stage methods: one supernet of 8 cells, C=16, all 8 ops, no skip cap, no stage dropout.
     # DARTS (quark0/darts cnn/train_search.py): 50 epochs, batch 64, SGD 0.025 -> 0.001, Adam 3e-4
     # (betas 0.5/0.999, wd 1e-3), softmax, arch step from the first epoch, no arch-gradient clip.
     "darts": {**_ONE_STAGE, "epochs": [50], "warmup_epochs": [0], "batch_size": 64, "lr": 0.025, "lr_min": 0.001,
-              "sampler": "softmax", "arch_lr": 3e-4, "arch_grad_clip": 0.0},
+              "sampler": "softmax", "arch_lr": 3e-4, "arch_grad_clip": 0.0, "arch_first": True},
     # DARTS second order: the same, with the unrolled architecture gradient (--unrolled).
     "darts2": {**_ONE_STAGE, "epochs": [50], "warmup_epochs": [0], "batch_size": 64, "lr": 0.025,
-               "lr_min": 0.001, "sampler": "softmax", "arch_lr": 3e-4, "arch_grad_clip": 0.0, "arch_order": 2},
+               "lr_min": 0.001, "sampler": "softmax", "arch_lr": 3e-4, "arch_grad_clip": 0.0, "arch_order": 2,
+               "arch_first": True},
     # PC-DARTS (yuhuixu1993/PC-DARTS train_search.py): K=4, edge normalization, batch 256, SGD 0.1 -> 0,
     # Adam 6e-4, architecture from epoch 15 of 50.
     "pcdarts": {**_ONE_STAGE, "epochs": [50], "warmup_epochs": [15], "batch_size": 256, "lr": 0.1,
                 "lr_min": 0.0, "sampler": "softmax", "arch_lr": 6e-4, "arch_grad_clip": 0.0,
-                "partial_channels": [4], "edge_norm": True},
-    # GDAS (D-X-Y/AutoDL-Projects, GDAS on the DARTS space): hard Gumbel, tau 10 -> 0.1 over 240 epochs,
-    # SGD 0.025 -> 0.001, batch 64, Adam 3e-4. Add --fixed-reduction gdas_frc for its FRC setting.
-    # GDAS runs only the sampled op in the architecture step too (straight_through "sampled").
-    "gdas": {**_ONE_STAGE, "epochs": [240], "warmup_epochs": [0], "batch_size": 64, "lr": 0.025, "lr_min": 0.001,
-             "sampler": "gumbel-hard", "arch_lr": 3e-4, "arch_grad_clip": 0.0, "straight_through": "sampled"},
+                "partial_channels": [4], "edge_norm": True, "arch_first": True},
+    # GDAS on the DARTS space (D-X-Y/AutoDL-Projects scripts-search/NASNet-space-search-by-GDAS.sh with
+    # configs/search-opts/GDAS-NASNet-CIFAR.config and search-archs' C=16, N=2): 6 cells (N=2 per stage),
+    # 250 epochs, batch 256, SGD 0.025 -> 0.001 cosine, Nesterov momentum 0.9, weight decay 5e-4; Adam 3e-4
+    # (wd 1e-3); hard Gumbel, tau 10 -> 0.1; only the sampled op runs, in both steps (MixedOp.forward_gdas);
+    # BN + ReLU before the pooling, no BN after pooling candidates; per node the 2 strongest (op, input)
+    # pairs (search_model_gdas_nasnet.py). Add --fixed-reduction gdas_frc for its FRC setting.
+    "gdas": {**_ONE_STAGE, "cells": [6], "epochs": [250], "warmup_epochs": [0], "batch_size": 256, "lr": 0.025,
+             "lr_min": 0.001, "nesterov": True, "weight_decay": 5e-4, "sampler": "gumbel-hard", "arch_lr": 3e-4,
+             "arch_grad_clip": 0.0, "straight_through": "sampled", "pool_bn": False, "final_bn_relu": True,
+             "derivation": "gdas"},
     # DrNAS (xiangning-chen/DrNAS DARTS-space/train_search.py, progressive): 20 cells, C=36, two stages of 25
     # epochs (10 warm-up), partial channels K 6 -> 4, ops 8 -> 4, batch 64, SGD 0.1, Adam 6e-4, the
     # Dirichlet sampler with the KL anchor (reg_scale 1e-3).
     "drnas": {"cells": [20, 20], "channels": [36, 36], "ops_kept": [8, 4], "skip_dropout": [0.0, 0.0],
               "epochs": [25, 25], "warmup_epochs": [10, 10], "partial_channels": [6, 4], "batch_size": 64,
               "lr": 0.1, "lr_min": 0.0, "sampler": "dirichlet", "arch_lr": 6e-4, "arch_grad_clip": 0.0,
-              "dirichlet_anchor": 1e-3, "max_skip": -1},
+              "dirichlet_anchor": 1e-3, "max_skip": -1, "arch_first": True},
     # About 6 minutes on a 2-core CPU, on the embedded data, and the supernet learns. Measured (see
     # benchmarks/README.md): a single-path (gumbel-hard) supernet does not train in the few hundred steps
     # such a budget holds, while softmax trains every candidate each step and learns like a fixed

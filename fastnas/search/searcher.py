@@ -114,7 +114,7 @@ class Searcher:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DDP(self.net, device_ids=ids, find_unused_parameters=True)
         self.w_opt = torch.optim.SGD(self.net.weight_parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                     weight_decay=cfg.weight_decay)
+                                     weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
         # capturable on a GPU: Adam keeps its step count on the device instead of reading it back every
         # step (a host sync); the same arithmetic. CPU tensors do not support it.
         self.a_opt = torch.optim.Adam(self.net.arch_parameters(), lr=cfg.arch_lr, betas=tuple(cfg.arch_betas),
@@ -210,25 +210,37 @@ class Searcher:
 
     def step(self, gens: list[torch.Generator], sums: torch.Tensor, arch: bool = True) -> tuple[int, int]:
         """One search iteration: a sampled architecture's weight step on a training batch per shard, then
-        (unless `arch` is off: the warm-up) the architecture step on a held-out batch per shard. Adds
+        (unless `arch` is off: the warm-up) the architecture step on a held-out batch per shard; with
+        ``arch_first`` the architecture step comes first and the weight step samples the moved
+        architecture (DARTS' order; its second order unrolls from this step's weights). Adds
         loss * n and correct counts to `sums` on the device (train loss, train correct, valid loss, valid
         correct); returns the images each step saw."""
+        train_batches = [self.batch(st, g) for st, g in zip(self.train_streams, gens, strict=True)]
+        n_train = sum(y.shape[0] for _, y in train_batches)
+        if arch and self.cfg.arch_first:  # DARTS' order: the architecture moves, then the weights under it
+            n_valid = self._arch_update(self.net.sample(self.sampler), gens, train_batches, sums)
+            self._weight_update(self.net.sample(self.sampler), train_batches, sums)
+            return n_train, n_valid
         samples = self.net.sample(self.sampler)
-        batches = train_batches = [self.batch(st, g) for st, g in zip(self.train_streams, gens, strict=True)]
-        loss, correct = self.weight_step(samples, batches)
-        sums[0] += loss
-        sums[1] += correct
-        n_train = sum(y.shape[0] for _, y in batches)
+        self._weight_update(samples, train_batches, sums)
         if not arch:
             return n_train, 0
         if self.cfg.arch_resample:  # GDAS: a fresh architecture for every forward pass
             samples = self.net.sample(self.sampler)
+        return n_train, self._arch_update(samples, gens, train_batches, sums)
+
+    def _weight_update(self, samples, train_batches, sums) -> None:
+        loss, correct = self.weight_step(samples, train_batches)
+        sums[0] += loss
+        sums[1] += correct
+
+    def _arch_update(self, samples, gens, train_batches, sums) -> int:
         samples = {cell: self.sampler.for_arch_step(s) for cell, s in samples.items()}
         batches = [self.batch(st, g) for st, g in zip(self.valid_streams, gens, strict=True)]
         loss, correct = self.arch_step(samples, batches, train_batches)
         sums[2] += loss
         sums[3] += correct
-        return n_train, sum(y.shape[0] for _, y in batches)
+        return sum(y.shape[0] for _, y in batches)
 
     # ----------------------------------------------------------------- epochs
     def train_epoch(self, stage: int, epoch: int) -> dict:

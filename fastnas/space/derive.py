@@ -2,9 +2,11 @@
 between stages.
 
 DARTS' rule (quark0/darts cnn/model_search.py ``genotype``): per edge the strongest op other than
-'none'; per node the 2 strongest incoming edges; then P-DARTS' skip cap (chenxin061/pdarts
-train_search.py ``check_sk_number`` / ``delete_min_sk_prob``): while the normal cell holds more than M
-skip connections, rule out the weakest chosen one and derive again.
+'none'; per node the 2 strongest incoming edges. GDAS' rule (AutoDL-Projects
+search_model_gdas_nasnet.py ``genotype``): per node the 2 strongest (op, input) pairs over every
+non-'none' op of every incoming edge, so one input may be taken twice. Then P-DARTS' skip cap
+(chenxin061/pdarts train_search.py ``check_sk_number`` / ``delete_min_sk_prob``): while the normal cell
+holds more than M skip connections, rule out the weakest chosen one and derive again.
 """
 
 from __future__ import annotations
@@ -23,11 +25,23 @@ if TYPE_CHECKING:
     from fastnas.space.supernet import SuperNet
 
 
-def _derive_once(probs: list[list[float]], names: list[list[str]], steps: int):
-    """DARTS' rule: per edge its strongest op other than 'none', per node its 2 strongest edges. Returns
-    (op, input node, edge, candidate) per chosen edge, or None when a node has fewer than 2 edges left."""
+# The genotype rules a supernet derives with: DARTS' two distinct edges, or GDAS' two (op, input) pairs.
+DERIVATIONS = ("darts", "gdas")
+
+
+def _derive_once(probs: list[list[float]], names: list[list[str]], steps: int, rule: str = "darts"):
+    """DARTS' rule: per edge its strongest op other than 'none', per node its 2 strongest edges; GDAS':
+    per node its 2 strongest (op, edge) pairs. Returns (op, input node, edge, candidate) per choice, or
+    None when a node has fewer than 2 choices left."""
     gene = []
     for rng in node_edges(steps):
+        if rule == "gdas":  # sorted by weight, ties in GDAS' order (input, then op)
+            pairs = [(-p, j, k, e) for j, e in enumerate(rng) for k, p in enumerate(probs[e])
+                     if names[e][k] != "none" and p != -math.inf]
+            if len(pairs) < 2:
+                return None
+            gene += [(names[e][k], j, e, k) for _, j, k, e in sorted(pairs)[:2]]
+            continue
         cands = []
         for j, e in enumerate(rng):
             scored = [(p, k) for k, p in enumerate(probs[e]) if names[e][k] != "none" and p != -math.inf]
@@ -41,13 +55,14 @@ def _derive_once(probs: list[list[float]], names: list[list[str]], steps: int):
     return gene
 
 
-def _derive_cell(probs: list[list[float]], names: list[list[str]], steps: int, max_skip: int | None):
+def _derive_cell(probs: list[list[float]], names: list[list[str]], steps: int, max_skip: int | None,
+                 rule: str = "darts"):
     """DARTS derivation of one cell, then the P-DARTS skip cap: while more than `max_skip` chosen
     edges are skip connections, rule out the weakest chosen skip and derive again. A skip whose removal
     would leave a node without two inputs (its edges offer nothing but 'none' and skip_connect, as a last
     stage can keep) stays: the cap is then met as far as the space allows, never by a crash."""
     probs = [list(row) for row in probs]
-    gene = _derive_once(probs, names, steps)
+    gene = _derive_once(probs, names, steps, rule)
     if gene is None:
         raise ValueError("a node has fewer than 2 incoming edges with an op other than 'none'")
     kept: set[tuple[int, int]] = set()  # skips that cannot go
@@ -60,7 +75,7 @@ def _derive_cell(probs: list[list[float]], names: list[list[str]], steps: int, m
             break
         p, e, k = min(removable)
         probs[e][k] = -math.inf
-        trial = _derive_once(probs, names, steps)
+        trial = _derive_once(probs, names, steps, rule)
         if trial is None:
             probs[e][k] = p
             kept.add((e, k))
@@ -80,7 +95,8 @@ def edge_scores(supernet: SuperNet, probs: dict[str, Tensor]) -> dict[str, Tenso
 
 def derive_genotype(supernet: SuperNet, max_skip_normal: int | None = 2, sampler: Sampler | None = None,
                     probabilities: dict[str, Tensor] | None = None) -> Genotype:
-    """Per edge the strongest non-zero op; per node the 2 strongest incoming edges; at most
+    """The supernet's rule (``supernet.derivation``: DARTS' per edge the strongest non-zero op and per
+    node the 2 strongest incoming edges, or GDAS' 2 strongest (op, input) pairs per node); at most
     `max_skip_normal` skip connections in the normal cell (None or -1, as on the command line: no cap)."""
     if max_skip_normal is not None and max_skip_normal < 0:
         if max_skip_normal != -1:
@@ -91,7 +107,8 @@ def derive_genotype(supernet: SuperNet, max_skip_normal: int | None = 2, sampler
     cells = {}
     for cell in CELL_TYPES:
         cap = max_skip_normal if cell == "normal" else None
-        cells[cell] = _derive_cell(probs[cell].tolist(), supernet.edge_primitives[cell], steps, cap)
+        cells[cell] = _derive_cell(probs[cell].tolist(), supernet.edge_primitives[cell], steps, cap,
+                                   supernet.derivation)
     concat = tuple(range(2 + steps - mult, steps + 2))
     if supernet.fixed_reduction:
         return Genotype(cells["normal"], concat, (), concat, reduce_cell=supernet.fixed_reduction)

@@ -82,11 +82,13 @@ class FixedReductionCell(nn.Module):
         def conv_branch():
             return nn.Sequential(
                 nn.ReLU(inplace=False),
-                nn.Conv2d(C, C, (1, 3), stride=(1, 2), padding=(0, 1), groups=8, bias=False),
-                nn.Conv2d(C, C, (3, 1), stride=(2, 1), padding=(1, 0), groups=8, bias=False),
+                # AutoDL-Projects cell_operations.py GDAS_Reduction_Cell: bias=not affine (the search
+                # network's non-affine BNs leave the convolutions their bias)
+                nn.Conv2d(C, C, (1, 3), stride=(1, 2), padding=(0, 1), groups=8, bias=not affine),
+                nn.Conv2d(C, C, (3, 1), stride=(2, 1), padding=(1, 0), groups=8, bias=not affine),
                 nn.BatchNorm2d(C, affine=affine),
                 nn.ReLU(inplace=False),
-                nn.Conv2d(C, C, 1, bias=False),
+                nn.Conv2d(C, C, 1, bias=not affine),
                 nn.BatchNorm2d(C, affine=affine),
             )
 

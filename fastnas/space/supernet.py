@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastnas import ops
+from fastnas.space.derive import DERIVATIONS
 from fastnas.space.genotype import Genotype
 from fastnas.space.network import FixedReductionCell
 from fastnas.space.primitives import PRIMITIVES, FactorizedReduce, ReLUConvBN, build_op, is_primitive
@@ -55,14 +56,16 @@ class MixedOp(nn.Module):
     are shuffled in K groups so the next edge sees other channels.
 
     Soft samples: ``sum_k w_k * op_k(x)`` through the fused :func:`fastnas.ops.weighted_sum`.
-    Hard samples (GDAS): only op ``i`` runs and the output is ``w_i * op_i(x) + sum_{k != i} w_k``;
-    the one-hot w makes that op_i(x) in value, while the straight-through gradient reaches every
-    candidate's architecture parameter. With ``score_all`` the other candidates run too, without
+    Hard samples (GDAS): only op ``i`` runs and the output is ``w_i * op_i(x)`` (GDAS' DARTS-space
+    MixedOp.forward_gdas, AutoDL-Projects search_cells.py); the one-hot w makes that op_i(x) in value,
+    and the straight-through gradient reaches the architecture through ``w_i`` alone (the softmax then
+    spreads it over every candidate's alpha). With ``score_all`` the other candidates run too, without
     autograd, and enter as ``w_k * op_k(x)``: the same value, and ``dL/dw_k = <dL/dy, op_k(x)>`` for
     every k (nothing flows back through them: their w_k is 0).
     """
 
-    def __init__(self, C: int, stride: int, primitives: Sequence[str], partial_channels: int = 1):
+    def __init__(self, C: int, stride: int, primitives: Sequence[str], partial_channels: int = 1,
+                 pool_bn: bool = True):
         super().__init__()
         if partial_channels < 1 or C % partial_channels:
             raise ValueError(f"MixedOp: partial_channels={partial_channels} must be >= 1 and divide C={C}")
@@ -74,7 +77,8 @@ class MixedOp(nn.Module):
         self.candidates = nn.ModuleList()
         for name in self.primitives:
             op = build_op(name, Ck, stride, affine=False)
-            if "pool" in name:  # DARTS search space: pooling is followed by a non-affine BN
+            if "pool" in name and pool_bn:  # DARTS search space: pooling is followed by a non-affine BN
+                # (GDAS' DARTS-space cells do not: AutoDL-Projects cell_operations.py POOLING)
                 op = nn.Sequential(op, nn.BatchNorm2d(Ck, affine=False))
             self.candidates.append(op)
         # P-DARTS: dropout on the (stride-1) identity, its rate raised stage by stage.
@@ -99,9 +103,8 @@ class MixedOp(nn.Module):
                     with torch.no_grad():
                         outs.append(self.run(k, x))
             y = _combine(weights, outs)
-        elif index is not None:
-            chosen = weights[index]
-            y = self.run(index, x) * chosen + (weights.sum() - chosen)
+        elif index is not None:  # GDAS' DARTS-space MixedOp.forward_gdas: op_i(x) * w_i, nothing else
+            y = self.run(index, x) * weights[index]
         else:
             y = _combine(weights, [self.run(k, x) for k in range(len(self.candidates))])
         if self.k == 1:
@@ -115,7 +118,7 @@ class SearchCell(nn.Module):
     """DARTS search cell: 2 preprocessed inputs, `steps` nodes each summing all earlier states."""
 
     def __init__(self, steps, multiplier, C_prev_prev, C_prev, C, reduction, reduction_prev, edge_primitives,
-                 partial_channels: int = 1):
+                 partial_channels: int = 1, pool_bn: bool = True):
         super().__init__()
         self.reduction = reduction
         self.steps = steps
@@ -128,7 +131,7 @@ class SearchCell(nn.Module):
         self.edges = nn.ModuleList()
         for e, _, j in edges(steps):
             stride = 2 if reduction and j < 2 else 1
-            self.edges.append(MixedOp(C, stride, edge_primitives[e], partial_channels))
+            self.edges.append(MixedOp(C, stride, edge_primitives[e], partial_channels, pool_bn))
 
     def forward(self, s0: Tensor, s1: Tensor, sample: Sample, edge_weights: Tensor | None = None) -> Tensor:
         """`edge_weights` (E,): PC-DARTS' edge normalization, each edge's output scaled by its weight."""
@@ -188,6 +191,9 @@ class SuperNet(nn.Module):
         partial_channels: int = 1,
         edge_norm: bool = False,
         fixed_reduction: str | None = None,
+        pool_bn: bool = True,
+        final_bn_relu: bool = False,
+        derivation: str = "darts",
     ):
         super().__init__()
         if channels < 1 or layers < 1 or num_classes < 1 or steps < 1:
@@ -223,12 +229,17 @@ class SuperNet(nn.Module):
                 cell = FixedReductionCell(C_prev_prev, C_prev, C_curr, reduction_prev, affine=False)
             else:
                 cell = SearchCell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction, reduction_prev,
-                                  self.edge_primitives[cell_type], partial_channels)
+                                  self.edge_primitives[cell_type], partial_channels, pool_bn)
             self.cells.append(cell)
             reduction_prev = reduction
             C_prev_prev, C_prev = C_prev, multiplier * C_curr
+        # GDAS' network (AutoDL-Projects search_model_gdas_nasnet.py ``lastact``): BN + ReLU before pooling
+        self.final_act = nn.Sequential(nn.BatchNorm2d(C_prev), nn.ReLU()) if final_bn_relu else nn.Identity()
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, num_classes)
+        if derivation not in DERIVATIONS:
+            raise ValueError(f"SuperNet: derivation must be one of {', '.join(DERIVATIONS)}, got {derivation!r}")
+        self.derivation = derivation
         self.alpha_normal = nn.Parameter(1e-3 * torch.randn(E, len(self.edge_primitives["normal"][0])))
         self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(E, len(self.edge_primitives["reduce"][0])))
         self.partial_channels, self.edge_norm, self.fixed_reduction = partial_channels, edge_norm, fixed_reduction
@@ -291,7 +302,7 @@ class SuperNet(nn.Module):
         for cell in self.cells:
             kind = "reduce" if cell.reduction else "normal"
             s0, s1 = s1, cell(s0, s1, samples[kind], None if ew is None else ew[kind])
-        out = self.global_pooling(s1)
+        out = self.global_pooling(self.final_act(s1))
         return self.classifier(out.flatten(1))
 
     def derived_samples(self, genotype: Genotype) -> dict[str, Sample]:
@@ -310,12 +321,17 @@ class SuperNet(nn.Module):
             if len(pairs) != 2 * self.steps:
                 raise ValueError(f"derived_samples: {cell} cell of the genotype has {len(pairs)} edges, "
                                  f"{2 * self.steps} expected")
-            for e, op in genotype_edges(pairs, self.steps):
+            chosen = genotype_edges(pairs, self.steps)
+            for e, op in chosen:
                 if op not in names[e]:
                     raise ValueError(f"derived_samples: {op!r} is not a candidate of {cell} edge {e}")
                 index[e] = names[e].index(op)
                 weights[e, index[e]] = 1.0
-            samples[cell] = Sample(weights, torch.tensor(index), hard=True, index_list=index)
+            if len({e for e, _ in chosen}) < len(chosen):
+                # GDAS' rule can take two ops on one edge: a soft sample sums both (the others weigh 0)
+                samples[cell] = Sample(weights, torch.tensor(index), hard=False)
+            else:
+                samples[cell] = Sample(weights, torch.tensor(index), hard=True, index_list=index)
         return samples
 
     # ----------------------------------------------------------------- derivation
