@@ -191,4 +191,14 @@ def test_search_config_keeps_every_option_of_the_flat_format():
     from fastnas.train import TrainConfig
 
     for cls, previous in ((SearchConfig, PREVIOUS_SEARCH_FIELDS), (TrainConfig, PREVIOUS_TRAIN_FIELDS)):
-        assert sorted(previous) == sorted(f.name for f in dataclasses.fields(cls) if f.name != "out")
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "out"}
+        added = ADDED_SINCE if cls is SearchConfig else {"nesterov": False}
+        assert sorted(previous) == sorted(set(fields) - set(added))
+        # an option added since defaults to what earlier runs computed, so their saved configs resume alike
+        for name, old_behaviour in added.items():
+            assert fields[name].default == old_behaviour, name
+
+
+# Options added since that release, with the value that computes what runs before them computed.
+ADDED_SINCE = {"nesterov": False, "arch_first": False, "pool_bn": True, "final_bn_relu": False,
+               "derivation": "darts", "derive_from": "sampler", "stage_transition": "rebuild"}

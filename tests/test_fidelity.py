@@ -304,3 +304,95 @@ def test_gdas_preset_is_its_scripts_recipe_and_network(tmp_path):
     assert all(c.bias is not None for c in convs[2:])  # after the two preprocessing ReLUConvBNs
     convs = [m for m in FixedReductionCell(8, 8, 8, False, affine=True).modules() if isinstance(m, torch.nn.Conv2d)]
     assert all(c.bias is None for c in convs)
+
+
+# ----------------------------------------------------------------- DrNAS: one network through the stages
+def test_drnas_preset_is_its_train_search(tmp_path):
+    d = config(preset="drnas")
+    assert "none" not in d.primitives and len(d.primitives) == 7 and d.ops_kept == [7, 4]
+    assert (d.partial_channels, d.epochs, d.warmup_epochs, d.cells, d.channels) == (
+        [6, 4], [25, 25], [10, 10], [20, 20], [36, 36])
+    # reg_type 'l2' (the code's default): Adam weight decay, no KL
+    assert (d.arch_weight_decay, d.dirichlet_anchor, d.sampler) == (1e-3, 0.0, "dirichlet")
+    assert (d.stage_transition, d.derive_from, d.pool_bn, d.arch_first) == ("continue", "softmax", False, True)
+    with pytest.raises(cfglib.ConfigError, match="one or the other"):
+        config(preset="drnas", dirichlet_anchor=1e-3)
+    assert config(preset="drnas", dirichlet_anchor=1e-3, arch_weight_decay=0.0).dirichlet_anchor == 1e-3
+
+
+def test_drnas_derives_from_softmax_of_alpha_not_the_dirichlet_mean():
+    """DrNAS' genotype() ranks edges by softmax(alpha); the Dirichlet mean (elu(alpha)+1 normalised) can
+    rank two edges the other way round."""
+    from fastnas.space.sampler import make_sampler
+
+    net = SuperNet(channels=4, layers=3, primitives=["sep_conv_3x3", "max_pool_3x3"], derive_softmax=True)
+    twin = SuperNet(channels=4, layers=3, primitives=["sep_conv_3x3", "max_pool_3x3"])
+    with torch.no_grad():  # node 3's edges from inputs 0, 1, 2 (edges 2, 3, 4)
+        for n in (net, twin):
+            n.alpha_normal.zero_()
+            n.alpha_normal[2] = torch.tensor([3.0, 0.0])  # softmax .953, mean (elu + 1) 4/5 = .800
+            n.alpha_normal[3] = torch.tensor([0.0, -2.9])  # softmax .948, mean .948
+            n.alpha_normal[4] = torch.tensor([2.95, 0.0])  # softmax .950, mean .798
+    dirichlet = make_sampler("dirichlet")
+    assert list(net.genotype(None, dirichlet).normal[2:4]) == [("sep_conv_3x3", 0), ("sep_conv_3x3", 2)]
+    assert list(twin.genotype(None, dirichlet).normal[2:4]) == [("sep_conv_3x3", 1), ("sep_conv_3x3", 0)]
+
+
+def test_carry_over_keeps_kept_candidates_and_widens_them_by_copies():
+    from fastnas.space.derive import prune_primitives
+    from fastnas.space.widen import carry_over
+
+    torch.manual_seed(0)
+    prims = ["max_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3"]
+    old = SuperNet(channels=8, layers=3, primitives=prims, partial_channels=2, pool_bn=False)
+    with torch.no_grad():
+        old.alpha_normal.normal_()
+        old.alpha_reduce.normal_()
+    kept = prune_primitives(old, 2)
+    new = SuperNet(channels=8, layers=3, primitives=prims, edge_primitives=kept, partial_channels=1, pool_bn=False)
+    carry_over(old, new, torch.Generator().manual_seed(1))
+    for kind, alpha in (("normal", new.alpha_normal), ("reduce", new.alpha_reduce)):
+        old_alpha = getattr(old, f"alpha_{kind}")
+        for e, ops in enumerate(kept[kind]):
+            for k, op in enumerate(ops):
+                assert alpha[e, k] == old_alpha[e, prims.index(op)]
+    # a kept separable convolution: its first 4 (of now 8) channels are the old ones; the others copies
+    cell = 0
+    for e, ops in enumerate(kept["normal"]):
+        if "sep_conv_3x3" in ops:
+            w_new = new.cells[cell].edges[e].candidates[ops.index("sep_conv_3x3")][1].weight  # depthwise
+            w_old = old.cells[cell].edges[e].candidates[prims.index("sep_conv_3x3")][1].weight
+            assert w_new.shape[0] == 2 * w_old.shape[0]
+            assert torch.equal(w_new[:4], w_old)
+            assert all(any(torch.equal(w_new[c], w_old[s]) for s in range(4)) for c in range(4, 8))
+            break
+    else:
+        pytest.fail("no edge kept sep_conv_3x3")
+    assert torch.equal(new.stem[0].weight, old.stem[0].weight)
+
+
+def test_continue_transition_carries_weights_alphas_momentum_and_the_cosine(tmp_path):
+    s = tiny(tmp_path, preset="drnas", cells=[3, 3], channels=[8, 8], ops_kept=[7, 4], skip_dropout=[0.0, 0.0],
+             epochs=[2, 2], warmup_epochs=[0, 0], partial_channels=[2, 1], batch_size=16)
+    s.build_stage(0)
+    gens = [torch.Generator().manual_seed(0)]
+    for _ in range(2):
+        s.step(gens, torch.zeros(4), arch=True)
+    s.w_sched.step()
+    s.w_sched.step()
+    alpha, lr = s.net.alpha_normal.detach().clone(), s.w_opt.param_groups[0]["lr"]
+    stem = s.net.stem[0].weight.detach().clone()
+    momentum = s.w_opt.state[s.net.stem[0].weight]["momentum_buffer"].clone()
+    s.epoch = 2
+    s.finish_stage(0)
+    assert s.stage == 1 and s.net.partial_channels == 1
+    assert torch.equal(s.net.stem[0].weight, stem)
+    assert torch.equal(s.w_opt.state[s.net.stem[0].weight]["momentum_buffer"], momentum)
+    kept = s.edge_primitives["normal"]
+    prims = config(preset="drnas").primitives
+    cols = torch.tensor([[prims.index(op) for op in ops] for ops in kept])
+    assert torch.equal(s.net.alpha_normal.detach(), alpha.gather(1, cols))
+    assert s.a_opt.state[s.net.alpha_normal]["exp_avg"].shape == s.net.alpha_normal.shape
+    # one cosine over both stages: it goes on from where stage 1 left it, not from the top
+    assert s.w_sched.T_max == 4 and s.w_sched.last_epoch == 2 and s.w_opt.param_groups[0]["lr"] == lr < 0.1
+    s.step(gens, torch.zeros(4), arch=True)  # and the carried network trains

@@ -242,3 +242,24 @@ def test_a_run_dir_outside_a_command_closes_itself(tmp_path):
     with pytest.raises(ValueError), RunDir(tmp_path / "r"):
         raise ValueError("library use: no guard, the context manager releases the lock")
     assert not (tmp_path / "r" / ".lock").exists()
+
+
+DRNAS = ["--preset", "drnas", "--cells", "3", "3", "--channels", "8", "8", "--partial-channels", "2", "1",
+         "--epochs", "2", "2", "--warmup-epochs", "1", "0", "--embedded-size", "256", "--batch-size", "16",
+         "--max-steps", "3", "--derived-eval-images", "32", "--no-plots", "--seed", "5", "--deterministic",
+         "--workers", "1"]  # CPU kernels split sums by thread: the same count in both runs
+
+
+@pytest.mark.slow
+def test_a_one_network_search_killed_after_its_transition_resumes_to_the_same_genotype(tmp_path):
+    """DrNAS' progressive learning carries one network into stage 2 (pruned, widened, momentum and
+    cosine kept): a run killed in stage 2 rebuilds that network from its checkpoint and ends exactly as
+    the uninterrupted run."""
+    full = tmp_path / "full"
+    assert search.main([*DRNAS, "--out", str(full)]) == 0
+    killed = tmp_path / "killed"
+    kill_after_rows([sys.executable, "-m", "fastnas.search", *DRNAS, "--out", str(killed)],
+                    killed / "metrics.jsonl", rows=3)
+    assert torch.load(killed / "checkpoint.pt", weights_only=True)["stage"] == 1
+    assert search.main(["--resume", str(killed)]) == 0
+    assert (killed / "genotype.txt").read_text() == (full / "genotype.txt").read_text()

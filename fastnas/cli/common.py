@@ -153,7 +153,7 @@ def execute(launch: Launch, body):
     run directory for all ranks, written by rank 0 alone, owned for the run's lifetime), seeds, the
     resolved config saved as config.yaml; the processes leave together."""
     cfg = launch.cfg
-    threads, why = choose_threads(cfg.workers)
+    threads, why = choose_threads(cfg.workers, cfg.deterministic)
     torch.set_num_threads(threads)
     ctx, device_name = distributed.init(cfg.device, cfg.dist_timeout)
     launch.path = Path(distributed.broadcast_object(str(launch.path)))

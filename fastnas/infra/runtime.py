@@ -103,9 +103,11 @@ def busy_cores(window: float = 0.2) -> float | None:
     return (os.cpu_count() or 1) * (total - (i1 - i0)) / total
 
 
-def choose_threads(requested: int) -> tuple[int, str]:
+def choose_threads(requested: int, deterministic: bool = False) -> tuple[int, str]:
     """The intra-op thread count of a run and why. `requested` > 0 (--workers) or OMP_NUM_THREADS
-    decide when given; otherwise one thread per core that other work leaves free. Measured on 2 cores
+    decide when given; a deterministic run takes every usable core (a count that does not depend on the
+    machine's load: CPU kernels split their sums by thread, so the count is part of the result);
+    otherwise one thread per core that other work leaves free. Measured on 2 cores
     (benchmarks/README.md): two threads on two idle cores run the smoke search 1.4x faster than one,
     but beside one busy process they are 2.4x slower than one, since every tiny op's barrier waits for
     the thread the other process holds up."""
@@ -114,6 +116,8 @@ def choose_threads(requested: int) -> tuple[int, str]:
     if os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads(), "OMP_NUM_THREADS"
     cores = usable_cores()
+    if deterministic:
+        return cores, f"{cores} usable core(s); --deterministic: not chosen by load"
     busy = busy_cores()
     if busy is None:
         return cores, f"{cores} usable core(s)"

@@ -48,6 +48,12 @@ class Anchor(Mechanism):
     def check(self) -> None:
         if self.dirichlet_anchor > 0 and self.sampler != "dirichlet":
             raise ConfigError(f"dirichlet_anchor is DrNAS' regulariser of the dirichlet sampler, not {self.sampler}")
+        # DrNAS (model_search.py reg_type, architect.py): 'l2' is Adam's weight decay alone, 'kl' the KL
+        # term alone with weight decay 0; never both
+        if self.dirichlet_anchor > 0 and self.arch_weight_decay > 0:
+            raise ConfigError(f"dirichlet_anchor={self.dirichlet_anchor} with arch_weight_decay="
+                              f"{self.arch_weight_decay}: DrNAS regularises by one or the other (its reg_type kl "
+                              "sets the weight decay to 0); pass --arch-weight-decay 0")
 
     def arch_terms(self) -> list:
         return [DirichletAnchor(self.dirichlet_anchor)] if self.dirichlet_anchor > 0 else []

@@ -40,6 +40,11 @@ class Stages:
     warmup_epochs: list[int] = opt([10, 10, 10], "epochs per stage that train weights only", ge=0)
     primitives: list[str] = opt(list(PRIMITIVES), "candidate ops of the first stage")
     max_skip: int = opt(2, "most skip connections in the derived normal cell (-1: no cap)", ge=-1)
+    stage_transition: str = opt("rebuild", "between stages: rebuild (P-DARTS: a new supernet, fresh weights and "
+                                "architecture, a cosine per stage) or continue (DrNAS: one network; the kept "
+                                "candidates keep their weights, widened by net2wider when partial channels "
+                                "widen; the alphas, SGD momentum, Adam and one cosine over all stages go on)",
+                                choices=["rebuild", "continue"])
 
     @property
     def num_stages(self) -> int:
@@ -156,6 +161,14 @@ class SearchConfig(SearchOutputs, Budget, Anchor, ArchOrder, NetworkForm, FixedR
                       "minutes on a CPU) or smoke (seconds, CI)", choices=PRESET_NAMES)
 
     def check(self) -> None:
+        if self.stage_transition == "continue":
+            ks = [self.stage_partial_channels(s) for s in range(len(self.cells))]
+            if len(set(self.cells)) > 1 or len(set(self.channels)) > 1:
+                raise ConfigError(f"stage_transition continue keeps one network: cells {self.cells} and channels "
+                                  f"{self.channels} must be the same in every stage")
+            if any(b > a for a, b in zip(ks, ks[1:], strict=False)):
+                raise ConfigError(f"stage_transition continue widens the ops (net2wider), never narrows them: "
+                                  f"partial_channels {ks} must not grow from stage to stage")
         useful = [p for p in self.primitives if p not in ("none", "skip_connect")]
         if not useful and 0 <= self.max_skip < 8:
             raise ConfigError(f"primitives {self.primitives}: every edge of the derived normal cell would be "

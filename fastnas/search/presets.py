@@ -4,6 +4,10 @@ method (the default), and the CPU budgets. A preset is a dict of option values o
 
 from __future__ import annotations
 
+# DrNAS' DARTS-space candidates (DARTS-space/genotypes.py PRIMITIVES): DARTS' without 'none'.
+DRNAS_PRIMITIVES = ["max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3",
+                    "dil_conv_5x5"]
+
 _ONE_STAGE = {"cells": [8], "channels": [16], "ops_kept": [8], "skip_dropout": [0.0], "partial_channels": [1],
               "max_skip": -1}
 
@@ -44,12 +48,18 @@ PRESETS: dict[str, dict] = {
              "arch_grad_clip": 0.0, "straight_through": "sampled", "pool_bn": False, "final_bn_relu": True,
              "derivation": "gdas"},
     # DrNAS (xiangning-chen/DrNAS DARTS-space/train_search.py, progressive): 20 cells, C=36, two stages of 25
-    # epochs (10 warm-up), partial channels K 6 -> 4, ops 8 -> 4, batch 64, SGD 0.1, Adam 6e-4, the
-    # Dirichlet sampler with the KL anchor (reg_scale 1e-3).
-    "drnas": {"cells": [20, 20], "channels": [36, 36], "ops_kept": [8, 4], "skip_dropout": [0.0, 0.0],
-              "epochs": [25, 25], "warmup_epochs": [10, 10], "partial_channels": [6, 4], "batch_size": 64,
-              "lr": 0.1, "lr_min": 0.0, "sampler": "dirichlet", "arch_lr": 6e-4, "arch_grad_clip": 0.0,
-              "dirichlet_anchor": 1e-3, "max_skip": -1, "arch_first": True},
+    # epochs (10 warm-up each: `if epoch >= 10`), its 7 ops (genotypes.py: no 'none') kept 7 -> 4
+    # (num_keeps), partial channels K 6 -> 4 (ks), batch 64, SGD 0.1 -> 0, Adam 6e-4; the Dirichlet
+    # sampler regularised by model_search.py's default reg_type 'l2' (Adam weight decay 1e-3, no KL; its
+    # 'kl' form is --dirichlet-anchor 1e-3 --arch-weight-decay 0); no BN after pooling; derivation from
+    # softmax(alpha) (genotype()); the architecture step first; one network through both stages (pruned,
+    # widened by net2wider, momentum, Adam and the 50-epoch cosine carried on).
+    "drnas": {"cells": [20, 20], "channels": [36, 36], "ops_kept": [7, 4], "skip_dropout": [0.0, 0.0],
+              "primitives": DRNAS_PRIMITIVES, "epochs": [25, 25], "warmup_epochs": [10, 10],
+              "partial_channels": [6, 4], "batch_size": 64, "lr": 0.1, "lr_min": 0.0, "sampler": "dirichlet",
+              "arch_lr": 6e-4, "arch_grad_clip": 0.0, "arch_weight_decay": 1e-3, "dirichlet_anchor": 0.0,
+              "max_skip": -1, "arch_first": True, "pool_bn": False, "derive_from": "softmax",
+              "stage_transition": "continue"},
     # About 6 minutes on a 2-core CPU, on the embedded data, and the supernet learns. Measured (see
     # benchmarks/README.md): a single-path (gumbel-hard) supernet does not train in the few hundred steps
     # such a budget holds, while softmax trains every candidate each step and learns like a fixed

@@ -38,6 +38,7 @@ from fastnas.space.derive import cell_stats, derive_genotype, edge_scores, prune
 from fastnas.space.genotype import Genotype
 from fastnas.space.sampler import Sample, TemperatureSchedule, make_sampler, sampler_class
 from fastnas.space.supernet import SuperNet
+from fastnas.space.widen import carry_optimizer, carry_over
 
 
 def skip_dropout_rate(p: float, epoch: int, epochs: int, warmup: int) -> float:
@@ -123,7 +124,9 @@ class Searcher:
             arch_steps = max(1, (cfg.epochs[stage] - cfg.warmup_epochs[stage]) * self.steps_per_epoch())
             for group in self.a_opt.param_groups:
                 group["lr"] = cfg.arch_travel / arch_steps
-        self.w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, cfg.epochs[stage], eta_min=cfg.lr_min)
+        # DrNAS' one network: one cosine over every stage's epochs (train_search.py sum(train_epochs))
+        T = sum(cfg.epochs) if cfg.stage_transition == "continue" else cfg.epochs[stage]
+        self.w_sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, T, eta_min=cfg.lr_min)
         fp16 = self.amp_dtype is torch.float16
         self.w_scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.a_scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
@@ -395,6 +398,19 @@ class Searcher:
     def _describe_cost(self, row: dict) -> str:
         return "" if self.budget is None else self.budget.describe(row["expected_cost"])
 
+    def _continue_from(self, net, w_opt, a_opt, w_sched) -> None:
+        """DrNAS' progressive learning: the new stage's supernet takes the old one's weights (widened by
+        net2wider), alphas and optimizer state, and the learning rate goes on along one cosine."""
+        generator = torch.Generator().manual_seed(self.cfg.seed * 7919 + self.stage)  # resumes redo it alike
+        maps = carry_over(net, self.net, generator)
+        carry_optimizer(w_opt, self.w_opt, net, self.net, maps)
+        carry_optimizer(a_opt, self.a_opt, net, self.net, maps)
+        self.w_sched.load_state_dict(w_sched.state_dict())
+        for new, old in zip(self.w_opt.param_groups, w_opt.param_groups, strict=True):
+            new["lr"], new["initial_lr"] = old["lr"], old["initial_lr"]
+        self.run_dir.log(f"stage {self.stage + 1}: the same network goes on: {len(maps)} parameters carried over "
+                         f"(partial channels K={self.cfg.stage_partial_channels(self.stage)})", echo=False)
+
     def finish_stage(self, stage: int) -> None:
         cfg = self.cfg
         geno = derive_genotype(self.net, self.max_skip(), self.sampler)
@@ -419,7 +435,10 @@ class Searcher:
             # P-DARTS keeps 'none' through the stages by its probability; only derivation excludes it.
             self.edge_primitives = prune_primitives(self.net, cfg.ops_kept[stage + 1], sampler=self.sampler)
             self.stage, self.epoch = stage + 1, 0
+            old = (self.net, self.w_opt, self.a_opt, self.w_sched)
             self.build_stage(self.stage)
+            if cfg.stage_transition == "continue":
+                self._continue_from(*old)
             self.checkpoint()
         else:
             self.stage = cfg.num_stages

@@ -102,7 +102,9 @@ def derive_genotype(supernet: SuperNet, max_skip_normal: int | None = 2, sampler
         if max_skip_normal != -1:
             raise ValueError(f"max_skip_normal must be >= 0, or -1/None for no cap; got {max_skip_normal}")
         max_skip_normal = None
-    probs = edge_scores(supernet, probabilities if probabilities is not None else supernet.probabilities(sampler))
+    if probabilities is None:  # DrNAS derives from softmax(alpha) whatever its sampler (derive_softmax)
+        probabilities = supernet.probabilities(None if supernet.derive_softmax else sampler)
+    probs = edge_scores(supernet, probabilities)
     steps, mult = supernet.steps, supernet.multiplier
     cells = {}
     for cell in CELL_TYPES:

@@ -194,6 +194,7 @@ class SuperNet(nn.Module):
         pool_bn: bool = True,
         final_bn_relu: bool = False,
         derivation: str = "darts",
+        derive_softmax: bool = False,
     ):
         super().__init__()
         if channels < 1 or layers < 1 or num_classes < 1 or steps < 1:
@@ -239,7 +240,7 @@ class SuperNet(nn.Module):
         self.classifier = nn.Linear(C_prev, num_classes)
         if derivation not in DERIVATIONS:
             raise ValueError(f"SuperNet: derivation must be one of {', '.join(DERIVATIONS)}, got {derivation!r}")
-        self.derivation = derivation
+        self.derivation, self.derive_softmax = derivation, derive_softmax
         self.alpha_normal = nn.Parameter(1e-3 * torch.randn(E, len(self.edge_primitives["normal"][0])))
         self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(E, len(self.edge_primitives["reduce"][0])))
         self.partial_channels, self.edge_norm, self.fixed_reduction = partial_channels, edge_norm, fixed_reduction
