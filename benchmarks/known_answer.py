@@ -4,6 +4,11 @@ how many of the 14 normal-cell edges prefer the convolution, and the supernet's 
 
     python benchmarks/known_answer.py --seeds 0 1 2 --out benchmarks/results/cpu/known_answer
     python benchmarks/known_answer.py --samplers softmax --extra "--embedded-size 1000 --batch-size 32"
+    python benchmarks/known_answer.py --preset quick --seeds 0 1 2 3 4 --out benchmarks/results/cpu/known_answer_quick
+
+``--preset P`` runs the known-answer space as a user runs preset P (``fastnas search --preset P
+--primitives sep_conv_3x3 noise --ops-kept 2 2 2 --seed S``, every stage, its derivation) and counts
+the edges of the derived genotype (8 normal + 8 reduction) that chose noise; the bar is at most 1.
 
 Each run calls ``fastnas.cli.search.main`` in this process with the test's command line for that sampler
 (``fastnas.search.known_answer.search_args``); ``--epochs``, ``--warmup-epochs`` and ``--extra``
@@ -65,8 +70,52 @@ def run(sampler: str, straight_through: str | None, seed: int, epochs: int | Non
             "prefers_conv": epochs_log[-1]["prefers_conv"], "epochs": epochs_log}
 
 
+def run_preset(preset: str, seed: int, overrides: list[str]) -> dict:
+    """The known-answer space through a whole preset, as a user runs it: the derived genotype's noise
+    edges (of 16), and per stage its normal cell's edges preferring the convolution (of 14)."""
+    from fastnas.search.presets import PRESETS
+
+    stages = len(PRESETS[preset].get("cells", [0, 0, 0]))
+    argv = ["--preset", preset, "--primitives", "sep_conv_3x3", "noise", "--ops-kept", *["2"] * stages,
+            "--seed", str(seed), "--no-plots", *overrides]
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            code = search([*argv, "--out", f"{tmp}/run"])
+        seconds = time.perf_counter() - t0
+        if code != 0:
+            raise SystemExit(f"{preset} seed {seed}: search exited {code}")
+        genotype = json.loads(Path(f"{tmp}/run/genotype.json").read_text())
+        per_stage = []
+        for line in Path(f"{tmp}/run/metrics.jsonl").read_text().splitlines():
+            m = json.loads(line)
+            if "op_probabilities" in m:
+                per_stage.append({"stage": m["stage"], "epoch": m["epoch"], "valid_acc": m["valid_acc"],
+                                  "prefers_conv": edges_preferring_convolution(m)})
+    noise = {c: sum(op == "noise" for op, _ in genotype[c]) for c in ("normal", "reduce")}
+    return {"preset": preset, "seed": seed, "seconds": seconds, "search_args": argv, "noise_normal": noise["normal"],
+            "noise_reduce": noise["reduce"], "noise_edges": noise["normal"] + noise["reduce"], "epochs": per_stage}
+
+
+def preset_table(rows: list[dict], extra: str) -> str:
+    lines = [f"Known-answer space through the `{rows[0]['preset']}` preset{extra}: edges of the derived genotype "
+             "(8 normal + 8 reduction) that chose noise (the bar: at most 1 per seed)", "",
+             "| seed | noise edges (normal + reduce) | normal edges preferring the convolution, per epoch | "
+             "final valid acc | s |", "|---|---|---|---|---|"]
+    for r in rows:
+        trace = " ".join(str(e["prefers_conv"]) for e in r["epochs"])
+        acc = r["epochs"][-1]["valid_acc"] if r["epochs"] else None
+        lines.append(f"| {r['seed']} | {r['noise_edges']} ({r['noise_normal']} + {r['noise_reduce']}) | {trace} | "
+                     f"{acc if acc is None else f'{acc:.2f}'} | {r['seconds']:.0f} |")
+    met = sum(r["noise_edges"] <= 1 for r in rows)
+    lines += ["", f"{met} of {len(rows)} seeds within the bar; noise edges mean "
+              f"{statistics.mean(r['noise_edges'] for r in rows):.1f}"]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default=None, help="run the space through this search preset, as a user would")
     p.add_argument("--samplers", nargs="+", default=["softmax", "dirichlet", "gumbel-soft", "gumbel-hard"])
     p.add_argument("--straight-through", nargs="+", default=["all"], choices=GumbelHardSampler.STRAIGHT_THROUGH,
                    help="gumbel-hard's estimators to run (the other samplers have none)")
@@ -77,6 +126,14 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="write known_answer.json and .md into this folder")
     a = p.parse_args(argv)
     rows = []
+    if a.preset:
+        for seed in a.seeds:
+            rows.append(run_preset(a.preset, seed, shlex.split(a.extra)))
+            print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("epochs", "search_args")}), flush=True)
+        text = preset_table(rows, f", plus `{a.extra}`" if a.extra else "")
+        print(text)
+        harness.write_results(a.out, "known_answer", rows, text)
+        return 0
     for sampler in a.samplers:
         for st in a.straight_through if sampler == "gumbel-hard" else [None]:
             for seed in a.seeds:

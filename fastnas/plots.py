@@ -200,8 +200,8 @@ def search_curves(rows: list[dict], stages: list[dict], path: str | Path) -> Pat
         for b in boundaries:
             a.axvline(b, color="#cccccc", lw=1, ls="--")
     collapse = "; ".join(f"stage {s['stage']}: {s.get('normal_skips', '?')} skip, "
-                         f"{s.get('normal_param_free', '?')} param-free, cap removed "
-                         f"{s.get('skips_removed_by_cap', '?')}" for s in stages)
+                         f"{s.get('normal_param_free', '?')} param-free (uncapped "
+                         f"{s.get('uncapped_normal_param_free', '?')})" for s in stages)
     if collapse:
         fig.suptitle(f"normal cell per stage - {collapse}", fontsize=9)
     return _save(fig, path)

@@ -202,6 +202,38 @@ def test_derivation_skip_cap():
     assert sum(op == "skip_connect" for op, _ in capped.reduce) == 8
 
 
+def test_derivation_parameter_free_cap():
+    """The skip cap's rule for every parameter-free op: pooling that dominates the normal cell is ruled
+    out, weakest first, down to the cap; the reduction cell keeps its pooling; a node whose edges offer
+    nothing but parameter-free ops keeps them (met as far as the space allows, no crash)."""
+    from fastnas.space.derive import cell_stats
+
+    net = small_net()
+    rows = torch.full((14, 8), 0.01)
+    pool, skip = PRIMITIVES.index("max_pool_3x3"), PRIMITIVES.index("skip_connect")
+    sep = PRIMITIVES.index("sep_conv_3x3")
+    for e in range(14):
+        rows[e, pool] = 0.5 + 0.01 * e
+        rows[e, skip] = 0.3
+        rows[e, sep] = 0.2
+    uncapped = derive_genotype(net, max_skip_normal=2, probabilities=_probs(rows))
+    assert sum(op == "max_pool_3x3" for op, _ in uncapped.normal) == 8  # the collapse a skip cap leaves
+    capped = derive_genotype(net, max_skip_normal=2, probabilities=_probs(rows), max_param_free=2)
+    assert [op for op, _ in capped.normal].count("sep_conv_3x3") == 6
+    assert capped.normal[6:] == (("max_pool_3x3", 4), ("max_pool_3x3", 3))  # the two strongest stay
+    assert all(op == "max_pool_3x3" for op, _ in capped.reduce)
+    stats = cell_stats(capped, derive_genotype(net, None, probabilities=_probs(rows)))
+    assert (stats["normal_param_free"], stats["uncapped_normal_param_free"], stats["param_free_removed_by_cap"]) \
+        == (2, 8, 6)
+    # only pooling and skip on every edge: nothing can go, the cell is what the space allows
+    only_free = torch.zeros(14, 8)
+    only_free[:, pool], only_free[:, skip] = 0.6, 0.4
+    names = {c: [["max_pool_3x3", "skip_connect"]] * 14 for c in ("normal", "reduce")}
+    net2 = SuperNet(channels=4, layers=3, edge_primitives=names)
+    g = derive_genotype(net2, None, probabilities={c: only_free[:, [pool, skip]] for c in names}, max_param_free=0)
+    assert len(g.normal) == 8
+
+
 def test_prune_primitives_and_rebuild():
     net = small_net()
     rows = torch.arange(8, dtype=torch.float32).repeat(14, 1)  # later primitives more likely

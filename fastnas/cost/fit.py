@@ -8,11 +8,12 @@ from torch import Tensor
 from fastnas.cost.measure import FREE_OPS, UNITS, EvalShape, LatencyTable, human, measure_genotype
 from fastnas.cost.model import CostModel
 from fastnas.space.genotype import Genotype
+from fastnas.space.primitives import PARAMETER_FREE
 from fastnas.space.topology import CELL_TYPES, edge_inputs, genotype_edges, node_edges
 
 
 def fit_genotype(genotype: Genotype, probs: dict[str, Tensor], edge_primitives, model: CostModel, target: float,
-                 max_skip: int | None) -> tuple[Genotype, list[str]]:
+                 max_skip: int | None, max_free: int | None = None) -> tuple[Genotype, list[str]]:
     """Exchange choices of `genotype` for cheaper ones until the evaluation network costs at most
     `target`: each exchange replaces one chosen (edge, op) of a node by a cheaper (edge, op) of the same
     node, taking the one that loses the least probability per unit of cost saved. Returns the genotype
@@ -33,6 +34,7 @@ def fit_genotype(genotype: Genotype, probs: dict[str, Tensor], edge_primitives, 
         best = None
         for c in CELL_TYPES:
             skips = sum(op == "skip_connect" for _, op in cells[c])
+            free = sum(op in PARAMETER_FREE for _, op in cells[c])
             for slot, (e, op) in enumerate(cells[c]):
                 node = slot // 2
                 other = cells[c][slot ^ 1][0]
@@ -46,6 +48,9 @@ def fit_genotype(genotype: Genotype, probs: dict[str, Tensor], edge_primitives, 
                         if (c == "normal" and max_skip is not None and op2 == "skip_connect"
                                 and op != "skip_connect" and skips >= max_skip):
                             continue
+                        if (c == "normal" and max_free is not None and max_free >= 0 and op2 in PARAMETER_FREE
+                                and op not in PARAMETER_FREE and free >= max_free):
+                            continue  # the parameter-free cap holds through the fit too
                         saved = here - model.op_cost(c, e2, op2)
                         if saved <= 0:
                             continue
@@ -117,7 +122,8 @@ def budget_report_lines(rep: dict | None) -> list[str]:
 
 
 def fit_to_budget(m: CostModel, target: float, genotype: Genotype, probs: dict[str, Tensor], edge_primitives,
-                  max_skip: int | None, mode: str = "exchange", refits: int = 3) -> tuple[Genotype, dict]:
+                  max_skip: int | None, mode: str = "exchange", refits: int = 3,
+                  max_free: int | None = None) -> tuple[Genotype, dict]:
     """Bring the derived genotype within `target` (``mode``: exchange, channels or report) and say what
     it costs: the report holds the target, the derived and the final exact cost, the exchanges made and
     the evaluation channels.
@@ -128,25 +134,25 @@ def fit_to_budget(m: CostModel, target: float, genotype: Genotype, probs: dict[s
     a table target scaled by the table's error on this network, which is cheap since a measurement is
     one network's forward passes."""
     scaled = target
-    final, rep = _fit_once(m, scaled, target, genotype, probs, edge_primitives, max_skip, mode)
+    final, rep = _fit_once(m, scaled, target, genotype, probs, edge_primitives, max_skip, mode, max_free)
     if m.metric == "latency":
         for _ in range(refits if mode != "report" else 0):
             if rep["measured_latency_ms"] <= target:
                 break
             # the table's ratio to the measurement on this network, applied to the target it fits against
             scaled *= rep["cost"] / rep["measured_latency_ms"]
-            final, rep = _fit_once(m, scaled, target, genotype, probs, edge_primitives, max_skip, mode)
+            final, rep = _fit_once(m, scaled, target, genotype, probs, edge_primitives, max_skip, mode, max_free)
             rep["refits"] = rep.get("refits", 0) + 1
     m.save()
     return final, rep
 
 
 def _fit_once(m: CostModel, fit_target: float, target: float, genotype: Genotype, probs, edge_primitives,
-              max_skip, mode: str) -> tuple[Genotype, dict]:
+              max_skip, mode: str, max_free: int | None = None) -> tuple[Genotype, dict]:
     before = m.genotype_cost(genotype)
     final, moves, channels = genotype, [], m.shape.channels
     if before > fit_target and mode == "exchange":
-        final, moves = fit_genotype(genotype, probs, edge_primitives, m, fit_target, max_skip)
+        final, moves = fit_genotype(genotype, probs, edge_primitives, m, fit_target, max_skip, max_free)
     elif before > fit_target and mode == "channels":
         channels = fit_channels(genotype, m.shape, m.metric, fit_target, m.latency) or 1
     shape = EvalShape(channels, m.shape.layers, m.shape.image_size, m.shape.num_classes)

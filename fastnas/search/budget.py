@@ -135,10 +135,11 @@ class BudgetTerm:
         return f"expected {m} {human(expected, m)} / {human(self.target, m)}, "
 
     def fit(self, genotype: Genotype, probs: dict[str, Tensor], edge_primitives, max_skip: int | None,
-            mode: str = "exchange") -> tuple[Genotype, dict]:
+            mode: str = "exchange", max_free: int | None = None) -> tuple[Genotype, dict]:
         """The derived genotype brought within the target (:func:`fastnas.cost.fit_to_budget`), and the
         report, with this term's form and strength."""
-        final, rep = fit_to_budget(self.model, self.target, genotype, probs, edge_primitives, max_skip, mode)
+        final, rep = fit_to_budget(self.model, self.target, genotype, probs, edge_primitives, max_skip, mode,
+                                   max_free=max_free)
         return final, {**rep, "penalty": self.form, "strength": self.strength}
 
 

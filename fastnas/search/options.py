@@ -40,6 +40,10 @@ class Stages:
     warmup_epochs: list[int] = opt([10, 10, 10], "epochs per stage that train weights only", ge=0)
     primitives: list[str] = opt(list(PRIMITIVES), "candidate ops of the first stage")
     max_skip: int = opt(2, "most skip connections in the derived normal cell (-1: no cap)", ge=-1)
+    max_param_free: int = opt(-1, "most parameter-free ops (skip_connect, pooling, noise) in the derived normal "
+                                  "cell: the skip cap's rule (P-DARTS) for all of them, against the collapse to "
+                                  "parameter-free ops (RobustDARTS) that the skip cap alone leaves to pooling "
+                                  "(-1: no cap)", ge=-1)
     stage_transition: str = opt("rebuild", "between stages: rebuild (P-DARTS: a new supernet, fresh weights and "
                                 "architecture, a cosine per stage) or continue (DrNAS: one network; the kept "
                                 "candidates keep their weights, widened by net2wider when partial channels "

@@ -94,7 +94,7 @@ def write_results(run: RunDir, searcher: Searcher, genotype: Genotype) -> None:
             except Exception as exc:  # a picture is a convenience
                 run.log(f"warning: cells.png not drawn: {type(exc).__name__}: {exc}")
     # P-DARTS logs the genotype for every skip count 8..0 at the end: the same, as a file to pick from
-    by_skips = genotypes_by_skip_count(searcher.net, searcher.sampler)
+    by_skips = genotypes_by_skip_count(searcher.net, searcher.sampler, max_param_free=searcher.cfg.max_param_free)
     run.write_json("genotypes_by_skip_count.json", by_skips)
     for entry in by_skips:
         run.log(f"skip cap {entry['max_skip']} ({entry['skips']} skips): {entry['text']}", echo=False)

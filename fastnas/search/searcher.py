@@ -292,11 +292,15 @@ class Searcher:
             "epoch_time_s": time.perf_counter() - t0, "steps": steps,
             "expected_cost": None if expected is None else float(expected),
             "cost_target": None if self.budget is None else self.budget.target,
-            "genotype": str(derive_genotype(self.net, self.max_skip(), self.sampler)),
+            "genotype": str(self.derive()),
             "op_probabilities": {cell: {"primitives": self.net.edge_primitives[cell], "p": p.tolist()}
                                  for cell, p in probs.items()},
             **mean_op_probabilities(probs, self.net.edge_primitives),
         }
+
+    def derive(self) -> Genotype:
+        """The genotype the architecture gives now, under the skip and parameter-free caps."""
+        return derive_genotype(self.net, self.max_skip(), self.sampler, max_param_free=self.cfg.max_param_free)
 
     def max_skip(self):
         return self.cfg.max_skip_or_none()
@@ -356,12 +360,12 @@ class Searcher:
             self._run_stages(resumed, run_bar)
         finally:
             run_bar.close()
-        final = derive_genotype(self.net, self.max_skip(), self.sampler)
+        final = self.derive()
         if self.budget is not None:  # over the budget: the best genotype within it, or smaller channels
             # the fit trades the derivation's own edge scores (with PC-DARTS' betas, when on)
             scores = edge_scores(self.net, self.net.probabilities(self.sampler))
             final, self.budget_report = self.budget.fit(final, scores, self.net.edge_primitives, self.max_skip(),
-                                                        cfg.budget_fit)
+                                                        cfg.budget_fit, cfg.max_param_free)
         for line in budget_report_lines(self.budget_report):
             self.run_dir.log(line)
         return final
@@ -413,8 +417,8 @@ class Searcher:
 
     def finish_stage(self, stage: int) -> None:
         cfg = self.cfg
-        geno = derive_genotype(self.net, self.max_skip(), self.sampler)
-        stats = cell_stats(geno, derive_genotype(self.net, None, self.sampler))
+        geno = self.derive()
+        stats = cell_stats(geno, derive_genotype(self.net, None, self.sampler))  # both caps off
         derived = evaluate_derived(self.net, geno, self.train_data, self.valid_data, cfg.derived_eval_images,
                                    cfg.batch_size, self.device, self.memory_format, self.autocast)
         entry = {"stage": stage + 1, "genotype": geno.to_dict(), "text": str(geno), **stats, **derived}
@@ -423,9 +427,11 @@ class Searcher:
         self.run_dir.log(f"stage {stage + 1} genotype: {geno}")
         acc = f"derived cell accuracy {derived['derived_acc']:.3f} (eval mode, held-out half); " \
             if derived.get("derived_acc") is not None else ""
+        free_cap = (f", the parameter-free cap {stats['param_free_removed_by_cap']} (the architecture itself "
+                    f"prefers {stats['uncapped_normal_param_free']})" if cfg.max_param_free >= 0 else "")
         self.run_dir.log(f"stage {stage + 1}: {acc}normal cell has {stats['normal_skips']} skip(s), "
-                         f"{stats['normal_param_free']} parameter-free op(s); the skip cap removed "
-                         f"{stats['skips_removed_by_cap']}")
+                         f"{stats['normal_param_free']} parameter-free op(s) of 8; the skip cap removed "
+                         f"{stats['skips_removed_by_cap']}{free_cap}")
         if cfg.plots and self.run_dir.enabled:
             try:
                 plots.search_plots(self.run_dir.path, self.stage_genotypes)

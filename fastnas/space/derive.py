@@ -56,21 +56,28 @@ def _derive_once(probs: list[list[float]], names: list[list[str]], steps: int, r
 
 
 def _derive_cell(probs: list[list[float]], names: list[list[str]], steps: int, max_skip: int | None,
-                 rule: str = "darts"):
+                 rule: str = "darts", max_free: int | None = None):
     """DARTS derivation of one cell, then the P-DARTS skip cap: while more than `max_skip` chosen
-    edges are skip connections, rule out the weakest chosen skip and derive again. A skip whose removal
-    would leave a node without two inputs (its edges offer nothing but 'none' and skip_connect, as a last
-    stage can keep) stays: the cap is then met as far as the space allows, never by a crash."""
+    edges are skip connections, rule out the weakest chosen skip and derive again; then the same for
+    every parameter-free op (skip, pooling, noise) above `max_free`. A choice whose removal would leave
+    a node without two inputs (its edges offer nothing else, as a last stage can keep) stays: the cap is
+    then met as far as the space allows, never by a crash."""
     probs = [list(row) for row in probs]
     gene = _derive_once(probs, names, steps, rule)
     if gene is None:
         raise ValueError("a node has fewer than 2 incoming edges with an op other than 'none'")
-    kept: set[tuple[int, int]] = set()  # skips that cannot go
+    kept: set[tuple[int, int]] = set()  # choices that cannot go
     while True:
+        # the skip cap first (P-DARTS), then the cap on every parameter-free op (max_free)
         skips = [(probs[e][k], e, k) for name, _, e, k in gene if name == "skip_connect"]
-        if max_skip is None or len(skips) <= max_skip:
+        free = [(probs[e][k], e, k) for name, _, e, k in gene if name in PARAMETER_FREE]
+        if max_skip is not None and len(skips) > max_skip:
+            over = skips
+        elif max_free is not None and len(free) > max_free:
+            over = free
+        else:
             break
-        removable = [s for s in skips if (s[1], s[2]) not in kept]
+        removable = [s for s in over if (s[1], s[2]) not in kept]
         if not removable:
             break
         p, e, k = min(removable)
@@ -94,10 +101,11 @@ def edge_scores(supernet: SuperNet, probs: dict[str, Tensor]) -> dict[str, Tenso
 
 
 def derive_genotype(supernet: SuperNet, max_skip_normal: int | None = 2, sampler: Sampler | None = None,
-                    probabilities: dict[str, Tensor] | None = None) -> Genotype:
+                    probabilities: dict[str, Tensor] | None = None, max_param_free: int | None = None) -> Genotype:
     """The supernet's rule (``supernet.derivation``: DARTS' per edge the strongest non-zero op and per
     node the 2 strongest incoming edges, or GDAS' 2 strongest (op, input) pairs per node); at most
-    `max_skip_normal` skip connections in the normal cell (None or -1, as on the command line: no cap)."""
+    `max_skip_normal` skip connections in the normal cell (None or -1, as on the command line: no cap),
+    and at most `max_param_free` parameter-free ops in it (None or -1: no cap)."""
     if max_skip_normal is not None and max_skip_normal < 0:
         if max_skip_normal != -1:
             raise ValueError(f"max_skip_normal must be >= 0, or -1/None for no cap; got {max_skip_normal}")
@@ -109,8 +117,9 @@ def derive_genotype(supernet: SuperNet, max_skip_normal: int | None = 2, sampler
     cells = {}
     for cell in CELL_TYPES:
         cap = max_skip_normal if cell == "normal" else None
+        free = max_param_free if cell == "normal" and max_param_free is not None and max_param_free >= 0 else None
         cells[cell] = _derive_cell(probs[cell].tolist(), supernet.edge_primitives[cell], steps, cap,
-                                   supernet.derivation)
+                                   supernet.derivation, free)
     concat = tuple(range(2 + steps - mult, steps + 2))
     if supernet.fixed_reduction:
         return Genotype(cells["normal"], concat, (), concat, reduce_cell=supernet.fixed_reduction)
@@ -118,15 +127,16 @@ def derive_genotype(supernet: SuperNet, max_skip_normal: int | None = 2, sampler
 
 
 def genotypes_by_skip_count(supernet: SuperNet, sampler: Sampler | None = None,
-                            probabilities: dict[str, Tensor] | None = None) -> list[dict]:
+                            probabilities: dict[str, Tensor] | None = None,
+                            max_param_free: int | None = None) -> list[dict]:
     """P-DARTS' closing log: the genotype under every skip cap from 8 down to 0 (the weakest chosen skip
     ruled out first, each time), so a user can pick the cell with the skip count they want. Caps that
     change nothing are left out: one entry per distinct genotype, with its cap and skip count. The list
     ends at the fewest skips the space allows (a node whose edges offer only skip_connect keeps it)."""
-    uncapped = derive_genotype(supernet, None, sampler, probabilities)
+    uncapped = derive_genotype(supernet, None, sampler, probabilities, max_param_free)
     out, seen = [], set()
     for cap in range(2 * supernet.steps, -1, -1):
-        g = derive_genotype(supernet, cap, sampler, probabilities)
+        g = derive_genotype(supernet, cap, sampler, probabilities, max_param_free)
         skips = sum(op == "skip_connect" for op, _ in g.normal)
         if skips > cap:  # this cap, and every lower one, cannot be met
             break
@@ -140,7 +150,8 @@ def genotypes_by_skip_count(supernet: SuperNet, sampler: Sampler | None = None,
 
 def cell_stats(genotype: Genotype, capped_from: Genotype | None = None) -> dict:
     """Collapse indicators of a derived normal cell: its skip connections and parameter-free ops, and
-    (given the uncapped derivation `capped_from`) how many skips the skip cap removed."""
+    (given the uncapped derivation `capped_from`) how many the caps removed: the architecture's own
+    preference stays visible whatever the caps make of it."""
     ops = [op for op, _ in genotype.normal]
     out = {"normal_skips": ops.count("skip_connect"),
            "normal_param_free": sum(op in PARAMETER_FREE for op in ops),
@@ -148,6 +159,9 @@ def cell_stats(genotype: Genotype, capped_from: Genotype | None = None) -> dict:
     if capped_from is not None:
         uncapped = sum(op == "skip_connect" for op, _ in capped_from.normal)
         out["skips_removed_by_cap"] = max(0, uncapped - out["normal_skips"])
+        free = sum(op in PARAMETER_FREE for op, _ in capped_from.normal)
+        out["uncapped_normal_param_free"] = free  # what the architecture itself prefers
+        out["param_free_removed_by_cap"] = max(0, free - out["normal_param_free"])
     return out
 
 
