@@ -201,4 +201,4 @@ def test_search_config_keeps_every_option_of_the_flat_format():
 
 # Options added since that release, with the value that computes what runs before them computed.
 ADDED_SINCE = {"nesterov": False, "arch_first": False, "pool_bn": True, "final_bn_relu": False,
-               "derivation": "darts", "derive_from": "sampler", "stage_transition": "rebuild"}
+               "derivation": "darts", "derive_from": "sampler", "stage_transition": "rebuild", "max_param_free": -1}

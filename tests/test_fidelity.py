@@ -204,7 +204,8 @@ def test_cell_stats_count_collapse():
                        "('skip_connect', 2), ('skip_connect', 2), ('avg_pool_3x3', 0)], reduce_concat=range(2, 6))")
     uncapped = Genotype(g.reduce, g.reduce_concat, g.reduce, g.reduce_concat)  # 3 skips in its "normal"
     stats = cell_stats(g, uncapped)
-    assert stats == {"normal_skips": 2, "normal_param_free": 4, "reduce_param_free": 8, "skips_removed_by_cap": 1}
+    assert stats == {"normal_skips": 2, "normal_param_free": 4, "reduce_param_free": 8, "skips_removed_by_cap": 1,
+                     "uncapped_normal_param_free": 8, "param_free_removed_by_cap": 4}
 
 
 # ----------------------------------------------------------------- arch gradients vs finite differences
