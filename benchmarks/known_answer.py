@@ -40,6 +40,21 @@ def option(argv: list[str], flag: str) -> str:
     return argv[max(i for i, a in enumerate(argv) if a == flag) + 1]
 
 
+def search_quietly(argv: list[str], what: str) -> tuple[float, list[dict], dict]:
+    """One search in a temporary folder, its output swallowed: seconds, the epoch metrics that carry
+    op probabilities, and the derived genotype."""
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            code = search([*argv, "--out", f"{tmp}/run"])
+        seconds = time.perf_counter() - t0
+        if code != 0:
+            raise SystemExit(f"{what}: search exited {code}")
+        rows = [json.loads(line) for line in Path(f"{tmp}/run/metrics.jsonl").read_text().splitlines()]
+        genotype = json.loads(Path(f"{tmp}/run/genotype.json").read_text())
+    return seconds, [m for m in rows if "op_probabilities" in m], genotype
+
+
 def run(sampler: str, straight_through: str | None, seed: int, epochs: int | None, warmup: int | None,
         overrides: list[str]) -> dict:
     extra = ["--seed", str(seed), *overrides]
@@ -50,20 +65,9 @@ def run(sampler: str, straight_through: str | None, seed: int, epochs: int | Non
     if straight_through:
         extra += ["--straight-through", straight_through]
     argv = [*search_args(sampler), *extra]
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            code = search([*argv, "--out", f"{tmp}/run"])
-        seconds = time.perf_counter() - t0
-        if code != 0:
-            raise SystemExit(f"{sampler} seed {seed}: search exited {code}")
-        epochs_log = []
-        for line in Path(f"{tmp}/run/metrics.jsonl").read_text().splitlines():
-            m = json.loads(line)
-            if "op_probabilities" not in m:
-                continue
-            epochs_log.append({"epoch": m["epoch"], "train_acc": m["train_acc"], "valid_acc": m["valid_acc"],
-                               "prefers_conv": edges_preferring_convolution(m)})
+    seconds, rows, _ = search_quietly(argv, f"{sampler} seed {seed}")
+    epochs_log = [{"epoch": m["epoch"], "train_acc": m["train_acc"], "valid_acc": m["valid_acc"],
+                   "prefers_conv": edges_preferring_convolution(m)} for m in rows]
     return {"sampler": sampler, "straight_through": straight_through, "seed": seed, "seconds": seconds,
             "epochs_total": int(option(argv, "--epochs")), "warmup_epochs": int(option(argv, "--warmup-epochs")),
             "search_args": argv,
@@ -78,20 +82,9 @@ def run_preset(preset: str, seed: int, overrides: list[str]) -> dict:
     stages = len(PRESETS[preset].get("cells", [0, 0, 0]))
     argv = ["--preset", preset, "--primitives", "sep_conv_3x3", "noise", "--ops-kept", *["2"] * stages,
             "--seed", str(seed), "--no-plots", *overrides]
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            code = search([*argv, "--out", f"{tmp}/run"])
-        seconds = time.perf_counter() - t0
-        if code != 0:
-            raise SystemExit(f"{preset} seed {seed}: search exited {code}")
-        genotype = json.loads(Path(f"{tmp}/run/genotype.json").read_text())
-        per_stage = []
-        for line in Path(f"{tmp}/run/metrics.jsonl").read_text().splitlines():
-            m = json.loads(line)
-            if "op_probabilities" in m:
-                per_stage.append({"stage": m["stage"], "epoch": m["epoch"], "valid_acc": m["valid_acc"],
-                                  "prefers_conv": edges_preferring_convolution(m)})
+    seconds, rows, genotype = search_quietly(argv, f"{preset} seed {seed}")
+    per_stage = [{"stage": m["stage"], "epoch": m["epoch"], "valid_acc": m["valid_acc"],
+                  "prefers_conv": edges_preferring_convolution(m)} for m in rows]
     noise = {c: sum(op == "noise" for op, _ in genotype[c]) for c in ("normal", "reduce")}
     return {"preset": preset, "seed": seed, "seconds": seconds, "search_args": argv, "noise_normal": noise["normal"],
             "noise_reduce": noise["reduce"], "noise_edges": noise["normal"] + noise["reduce"], "epochs": per_stage}

@@ -51,8 +51,7 @@ def carry_over(old, new, generator: torch.Generator) -> dict[str, Callable[[Tens
             if old_state[source].shape != target.shape:
                 key = (i, e, k)
                 if key not in indices:
-                    c_old = old.cells[i].edges[e].candidates[k_old]
-                    width = _op_width(c_old, old_state, f"cells.{i}.edges.{e}.candidates.{k_old}.")
+                    width = _op_width(old_state, f"cells.{i}.edges.{e}.candidates.{k_old}.")
                     grow = max(n - o for n, o in zip(target.shape, old_state[source].shape, strict=True))
                     indices[key] = torch.randint(0, width, (grow,), generator=generator)
                 index = indices[key]
@@ -71,7 +70,7 @@ def carry_over(old, new, generator: torch.Generator) -> dict[str, Callable[[Tens
     return maps
 
 
-def _op_width(op, state: dict, prefix: str) -> int:
+def _op_width(state: dict, prefix: str) -> int:
     """The channels an op works on (the first dimension of its first tensor)."""
     for name, t in state.items():
         if name.startswith(prefix) and t.dim() >= 1:
