@@ -4,9 +4,9 @@
 # builds fastnas._C in place with the CUDA kernels, runs the whole test suite (CUDA cases included),
 # runs the GPU op benchmark (CUDA events, warm-up excluded, medians, GB/s against the measured copy
 # bandwidth), the retraining throughput, one iteration per method preset, one full search epoch of the
-# default preset's first stage on CIFAR-10-sized data, and prints short tables last. Full results (8 files) go to
+# default preset's three stages on CIFAR-10-sized data, and prints short tables last. Full results go to
 # OUTDIR (default benchmarks/results/gpu).
-# Meant to finish in about 5 minutes on an H200 (a 15-minute device lease must fit a rerun): every step
+# Meant to finish in about 7 minutes on an H200 (a 15-minute device lease must fit a rerun): every step
 # has its own time limit, and the CPU-only tests are left to CI (they ran there); here run the tests that
 # touch the CUDA kernels, i.e. every `cuda`-marked case plus the op and build tests in full.
 set -uo pipefail
@@ -102,14 +102,22 @@ want train && PYTHONPATH=$PWD timeout 100 $PY benchmarks/train_speed.py --device
 # One search iteration per method preset (C=16, 8 cells, batch 32), side by side.
 want method && PYTHONPATH=$PWD timeout 150 $PY benchmarks/method_step.py --device cuda --iters 5 --out "$OUT" \
   >> "$OUT/bench.log" 2>&1 || status=1
-# How long a whole search takes: one full epoch of the default preset's first stage (5 cells, C=16, all 8
-# ops, gumbel-hard, weight + architecture step) on CIFAR-10-sized data (25,000 + 25,000 generated images).
-want search && PYTHONPATH=$PWD timeout 90 $PY -m fastnas.search --preset progressive --device cuda --embedded-size 50000 \
-  --cells 5 --channels 16 --ops-kept 8 --skip-dropout 0 --partial-channels 1 --epochs 1 --warmup-epochs 0 \
-  --no-plots --derived-eval-images 0 --out "$OUT/search_epoch" > "$OUT/search_epoch.log" 2>&1 || status=1
-echo
-echo "== one search epoch, progressive stage 1, CIFAR-10-sized ($OUT/search_epoch.log) =="
-grep -E "epoch 1/1|search time" "$OUT/search_epoch.log"
+# How long a whole search takes (issue 20, target 2): one full epoch of each of the default preset's three
+# stages (5 cells / 8 ops, 11 / 5, 17 / 3; C=16; gumbel-hard; weight + architecture step) on CIFAR-10-sized
+# data (25,000 + 25,000 generated images), each measured, none projected.
+STAGES=("5 8 0.0" "11 5 0.4" "17 3 0.7")
+if want search; then
+  for s in 1 2 3; do
+    read -r cells ops skip <<< "${STAGES[$((s - 1))]}"
+    PYTHONPATH=$PWD timeout 150 $PY -m fastnas.search --preset progressive --device cuda --embedded-size 50000 \
+      --cells "$cells" --channels 16 --ops-kept "$ops" --skip-dropout "$skip" --partial-channels 1 --epochs 1 \
+      --warmup-epochs 0 --no-plots --derived-eval-images 0 --out "$OUT/search_stage$s" \
+      > "$OUT/search_stage$s.log" 2>&1 || status=1
+    echo
+    echo "== one search epoch, progressive stage $s ($cells cells, $ops ops), CIFAR-10-sized ($OUT/search_stage$s.log) =="
+    grep -E "epoch 1/1|search time" "$OUT/search_stage$s.log"
+  done
+fi
 echo "== method presets, one iteration ($OUT/method_step.md) =="
 cat "$OUT/method_step.md" 2>/dev/null
 echo
@@ -130,11 +138,29 @@ def rows(name):
         return []
 train = [r for r in rows("train_speed_cuda.json") if "images_per_s" in r]
 best = max(train, key=lambda r: r["images_per_s"], default=None)
+# Search iterations against issue 20's table (H200, 2026-11-29, C=16, 8 cells, batch 32: images/s).
+BEFORE = {"darts": 51.1, "pcdarts": 33.8, "drnas": 42.6, "pdarts": 44.4, "darts2": 14.4}
+method = {r["preset"]: r["images_per_s"] for r in rows("method_step.json") if "images_per_s" in r}
+speedup = {p: round(method[p] / BEFORE[p], 2) for p in ("darts", "pcdarts", "drnas", "pdarts") if p in method}
+def stage_epoch_s(s):
+    try:
+        lines = (out / f"search_stage{s}" / "metrics.jsonl").read_text().splitlines()
+        return round(json.loads(lines[-1])["epoch_time_s"], 2)
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+epochs = [stage_epoch_s(s) for s in (1, 2, 3)]
+total = None
+if all(e is not None for e in epochs):
+    from fastnas.search import PRESETS, SearchConfig
+    # every epoch of the preset at its measured stage epoch (warm-up epochs, weights only, cost less: a bound)
+    stage_epochs = PRESETS["progressive"].get("epochs", SearchConfig().epochs)
+    total = round(sum(n * e for n, e in zip(stage_epochs, epochs, strict=True)) / 60, 1)
 targets = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
            "torch": torch.__version__, "date": datetime.date.today().isoformat(),
            "retrain_img_s": best["images_per_s"] if best else None, "retrain_mode": best["config"] if best else None,
-           "search_stage_epoch_s": None, "search_total_min": None, "softmax_family_speedup": None,
-           "darts2_speedup": None, "sync_free": None if sync_free == "null" else sync_free == "true"}
+           "search_stage_epoch_s": epochs, "search_total_min": total, "softmax_family_speedup": speedup or None,
+           "darts2_speedup": round(method["darts2"] / BEFORE["darts2"], 2) if "darts2" in method else None,
+           "sync_free": None if sync_free == "null" else sync_free == "true"}
 (out / "targets.json").write_text(json.dumps(targets, indent=1) + "\n")
 print("targets.json:", json.dumps(targets))
 PYEOF

@@ -14,6 +14,7 @@ crafted batch in a shared data folder cannot run code.
 
 from __future__ import annotations
 
+import functools
 import math
 import pickle
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from fastnas.infra.options import DATASETS
 from fastnas.infra.runtime import physical_memory
 
 __all__ = ["DATASETS", "DataError", "ImageData", "BatchStream", "load_dataset", "split_train", "augment", "cutout",
-           "normalize", "make_embedded", "load_cifar", "load_folder"]
+           "normalize", "make_embedded", "load_cifar", "load_folder", "place"]
 
 CIFAR_MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409)}
 CIFAR_STD = {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2673, 0.2564, 0.2762)}
@@ -57,6 +58,29 @@ class ImageData:
     def subset(self, indices: Tensor) -> ImageData:
         return ImageData(self.images[indices], self.labels[indices], self.num_classes, self.mean, self.std,
                          self.name)
+
+    @property
+    def nbytes(self) -> int:
+        return self.images.nbytes + self.labels.nbytes
+
+    def to(self, device: torch.device | str) -> ImageData:
+        """The same data held on `device` (images stay uint8: CIFAR-10's training set is 150 MB)."""
+        return ImageData(self.images.to(device), self.labels.to(device), self.num_classes, self.mean, self.std,
+                         self.name)
+
+
+def place(data: ImageData, device: torch.device, enabled: bool = True) -> ImageData:
+    """`data` moved to an accelerator `device` when `enabled` and it takes at most a tenth of the device's
+    memory, so that a step indexes, augments and normalizes its batch there: no per-step host copy (on a
+    GPU each one is a transfer and, from pageable memory, a hidden synchronization). Unchanged on CPU."""
+    if not enabled or device.type == "cpu" or data.images.device == device:
+        return data
+    from fastnas.infra.runtime import device_memory
+
+    total = device_memory(str(device))
+    if total and data.nbytes > total // 10:
+        return data
+    return data.to(device)
 
 
 # --------------------------------------------------------------------------------- embedded data
@@ -322,7 +346,11 @@ class BatchStream:
     def _perm(self) -> Tensor:
         if self._order is None:
             self.sampler.set_epoch(self.epoch)
-            self._order = torch.tensor(list(iter(self.sampler)), dtype=torch.long)
+            order = torch.tensor(list(iter(self.sampler)), dtype=torch.long)
+            device = self.data.images.device
+            if device.type != "cpu":  # one copy per pass, not one per batch; pinned, so it does not block
+                order = order.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else order.to(device)
+            self._order = order
         return self._order
 
     def batches_per_pass(self) -> int:
@@ -356,9 +384,12 @@ def augment(images: Tensor, generator: torch.Generator | None = None, crop_paddi
     RandomHorizontalFlip). Cutout comes after normalization: :func:`cutout`."""
     n, _, h, w = images.shape
     device = images.device
+    # Drawn where the generator lives (the images' device without one): on a GPU with a GPU generator
+    # nothing crosses to the host; on CPU the draws are the same as ever.
+    draw_on = generator.device if generator is not None else device
 
     def rand_int(high, size):
-        return torch.randint(0, high, size, generator=generator).to(device)
+        return torch.randint(0, high, size, generator=generator, device=draw_on).to(device)
 
     if crop_padding > 0:
         p = crop_padding
@@ -369,7 +400,7 @@ def augment(images: Tensor, generator: torch.Generator | None = None, crop_paddi
         b = torch.arange(n, device=device)[:, None, None]
         images = padded.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
     if flip:
-        do_flip = (torch.rand(n, generator=generator) < 0.5).to(device)
+        do_flip = (torch.rand(n, generator=generator, device=draw_on) < 0.5).to(device)
         images = torch.where(do_flip[:, None, None, None], images.flip(3), images)
     return images.contiguous()
 
@@ -381,8 +412,9 @@ def cutout(x: Tensor, size: int, generator: torch.Generator | None = None) -> Te
         return x
     n, _, h, w = x.shape
     device = x.device
-    cy = torch.randint(0, h, (n,), generator=generator).to(device)
-    cx = torch.randint(0, w, (n,), generator=generator).to(device)
+    draw_on = generator.device if generator is not None else device
+    cy = torch.randint(0, h, (n,), generator=generator, device=draw_on).to(device)
+    cx = torch.randint(0, w, (n,), generator=generator, device=draw_on).to(device)
     ys = torch.arange(h, device=device)[None, :, None]
     xs = torch.arange(w, device=device)[None, None, :]
     lo_y, lo_x = (cy - size // 2)[:, None, None], (cx - size // 2)[:, None, None]
@@ -392,6 +424,14 @@ def cutout(x: Tensor, size: int, generator: torch.Generator | None = None) -> Te
 
 def normalize(images: Tensor, mean, std, dtype=torch.float32, memory_format=torch.contiguous_format) -> Tensor:
     """uint8 (or [0, 255] float) images -> normalized float tensor."""
-    m = torch.tensor(mean, device=images.device, dtype=dtype).view(1, -1, 1, 1) * 255
-    s = torch.tensor(std, device=images.device, dtype=dtype).view(1, -1, 1, 1) * 255
+    m, s = _normalization_constants(tuple(mean), tuple(std), images.device, dtype)
     return ((images.to(dtype) - m) / s).contiguous(memory_format=memory_format)
+
+
+@functools.lru_cache(maxsize=32)
+def _normalization_constants(mean: tuple, std: tuple, device: torch.device, dtype: torch.dtype):
+    # Made once per (constants, device, dtype): a tensor built from Python numbers in every step would be
+    # a host-to-device copy per step on a GPU.
+    m = torch.tensor(mean, dtype=dtype).view(1, -1, 1, 1).mul(255).to(device)
+    s = torch.tensor(std, dtype=dtype).view(1, -1, 1, 1).mul(255).to(device)
+    return m, s

@@ -8,6 +8,7 @@ import pytest
 from helpers import SMOKE, TRAIN, fails
 
 from fastnas.cli import search, train
+from fastnas.infra.config import build_config
 from fastnas.infra.errors import ConfigError
 
 # ------------------------------------------------------------------------ one validation layer
@@ -51,6 +52,7 @@ BAD_TRAIN = [
     (["--batch-size", "0"], "'batch_size' must be >= 1"),
     (["--drop-path", "1.0"], "'drop_path' must be < 1"),
     (["--epochs", str(2**64)], "'epochs'"),
+    (["--compile-mode", "reduce-overhead"], "--compile-mode reduce-overhead needs --compile"),
 ]
 
 
@@ -192,7 +194,8 @@ def test_search_config_keeps_every_option_of_the_flat_format():
 
     for cls, previous in ((SearchConfig, PREVIOUS_SEARCH_FIELDS), (TrainConfig, PREVIOUS_TRAIN_FIELDS)):
         fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "out"}
-        added = ADDED_SINCE if cls is SearchConfig else {"nesterov": False}
+        added = ADDED_SINCE if cls is SearchConfig else {"nesterov": False, "data_on_device": True,
+                                                         "scale_lr": True, "compile_mode": "default"}
         assert sorted(previous) == sorted(set(fields) - set(added))
         # an option added since defaults to what earlier runs computed, so their saved configs resume alike
         for name, old_behaviour in added.items():
@@ -201,4 +204,49 @@ def test_search_config_keeps_every_option_of_the_flat_format():
 
 # Options added since that release, with the value that computes what runs before them computed.
 ADDED_SINCE = {"nesterov": False, "arch_first": False, "pool_bn": True, "final_bn_relu": False,
-               "derivation": "darts", "derive_from": "sampler", "stage_transition": "rebuild", "max_param_free": -1}
+               "derivation": "darts", "derive_from": "sampler", "stage_transition": "rebuild", "max_param_free": -1,
+               # on CPU, where every saved run before it ran, it changes nothing
+               "data_on_device": True,
+               # a saved config (resumed, or given to --config) names every learning rate: none is rescaled
+               "scale_lr": True}
+
+
+# ------------------------------------------------------------------ learning rates follow --batch-size
+def test_batch_size_scales_untyped_learning_rates_by_the_pcdarts_rule():
+    """4x DARTS' batch gives PC-DARTS' rates: SGD 0.025 -> 0.1 (linear), Adam 3e-4 -> 6e-4 (square root)."""
+    from fastnas.search import PRESETS, SearchConfig
+
+    darts, pcdarts = PRESETS["darts"], PRESETS["pcdarts"]
+    cfg = build_config(SearchConfig, PRESETS, {"preset": "darts", "batch_size": 4 * darts["batch_size"]}, "darts")
+    assert cfg.lr == pytest.approx(pcdarts["lr"]) and cfg.arch_lr == pytest.approx(pcdarts["arch_lr"])
+    assert cfg.lr_min == pytest.approx(4 * darts["lr_min"])
+    assert "lr 0.025 -> 0.1" in cfg.resolved_notes[0] and "arch_lr 0.0003 -> 0.0006" in cfg.resolved_notes[0]
+    # half the batch halves the SGD rate and divides Adam's by sqrt(2)
+    cfg = build_config(SearchConfig, PRESETS, {"preset": "darts", "batch_size": 32}, "darts")
+    assert cfg.lr == pytest.approx(0.0125) and cfg.arch_lr == pytest.approx(3e-4 / 2**0.5)
+
+
+def test_typed_learning_rates_and_the_preset_batch_are_kept(tmp_path):
+    from fastnas.search import PRESETS, SearchConfig
+    from fastnas.train import PRESETS as TRAIN_PRESETS
+    from fastnas.train import TrainConfig
+
+    # the preset's own batch, typed or not: nothing changes
+    for cli in ({"preset": "darts"}, {"preset": "darts", "batch_size": 64}):
+        cfg = build_config(SearchConfig, PRESETS, cli, "darts")
+        assert (cfg.lr, cfg.lr_min, cfg.arch_lr, cfg.resolved_notes) == (0.025, 0.001, 3e-4, [])
+    # a typed lr stays, and lr_min goes with it (scaled alone it could pass lr); arch_lr still scales
+    cfg = build_config(SearchConfig, PRESETS, {"preset": "darts", "batch_size": 256, "lr": 0.001}, "darts")
+    assert (cfg.lr, cfg.lr_min) == (0.001, 0.001) and cfg.arch_lr == pytest.approx(6e-4)
+    # --no-scale-lr keeps every rate
+    cfg = build_config(SearchConfig, PRESETS, {"preset": "darts", "batch_size": 256, "scale_lr": False}, "darts")
+    assert (cfg.lr, cfg.arch_lr, cfg.resolved_notes) == (0.025, 3e-4, [])
+    # a YAML file counts as typed: a run's saved config.yaml (every rate named) starts a run that computes alike
+    (tmp_path / "c.yaml").write_text("batch_size: 256\nlr: 0.025\nlr_min: 0.001\narch_lr: 0.0003\n")
+    cfg = build_config(SearchConfig, PRESETS, {"preset": "darts", "config": str(tmp_path / "c.yaml")}, "darts")
+    assert (cfg.lr, cfg.arch_lr) == (0.025, 3e-4)
+    # a YAML file that sets only the batch scales like --batch-size
+    (tmp_path / "b.yaml").write_text("batch_size: 192\n")
+    cfg = build_config(TrainConfig, TRAIN_PRESETS, {"genotype": "DARTS_V2", "config": str(tmp_path / "b.yaml")},
+                       "darts")
+    assert cfg.lr == pytest.approx(2 * TRAIN_PRESETS["darts"].get("lr", 0.025))

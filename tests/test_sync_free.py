@@ -30,7 +30,7 @@ def test_search_iteration_is_sync_free(tmp_path, preset):
         s = Searcher(cfg, run, torch.device("cuda"))
         s.build_stage(0)
         s.net.train()
-        gens = [torch.Generator().manual_seed(0) for _ in s.shards]
+        gens = [torch.Generator(s.train_data.images.device).manual_seed(0) for _ in s.shards]
         sums = torch.zeros(4, device="cuda")
         for _ in range(2):  # warm-up: allocator, cuDNN choices, optimizer state
             s.step(gens, sums)

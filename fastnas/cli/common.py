@@ -163,6 +163,8 @@ def execute(launch: Launch, body):
             if run.moved_aside:
                 run.log(f"--overwrite: the run that was in {launch.path} is now in {run.moved_aside}")
             run.log(f"threads: {threads} ({why})", echo=False)
+            for note in getattr(cfg, "resolved_notes", ()):  # options derived from others (build_config)
+                run.log(note)
             cfg.out = str(launch.path)
             if run.enabled:
                 cfglib.save_yaml(cfg, run.path / "config.yaml")

@@ -275,8 +275,17 @@ def build_config(cls, presets: dict[str, dict], cli: dict, default_preset: str):
     values.update(cli)
     values.pop("config", None)
     kwargs = {k: _coerce(cls, k, v) for k, v in values.items()}
+    # Option groups may derive options the user left to the preset from ones the user set (a group's
+    # classmethod ``resolve(values, preset_values, typed) -> notes``), base groups first.
+    typed = (set(file_opts) | set(cli)) - {"config", "preset"}
+    notes = []
+    for klass in reversed(cls.__mro__):
+        resolve = klass.__dict__.get("resolve")
+        if resolve is not None:
+            notes += resolve.__get__(None, cls)(kwargs, presets[preset], typed)
     cfg = cls(**kwargs)
     validate(cfg)
+    cfg.resolved_notes = notes  # not a field: said in the run's log, never saved as an option
     return cfg
 
 

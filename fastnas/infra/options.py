@@ -4,6 +4,7 @@ inherit both; each group checks its own cross-field rules (``check``)."""
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 
 from fastnas.infra.config import opt
@@ -27,6 +28,8 @@ class RunOptions:
     deterministic: bool = opt(False, "deterministic algorithms: a resumed run ends like an uninterrupted one")
     amp: str = opt("off", "mixed precision", choices=["off", "bf16", "fp16"])
     channels_last: bool = opt(False, "channels_last memory format")
+    data_on_device: bool = opt(True, "hold the dataset in the GPU's memory when it takes at most a tenth of it, "
+                                     "so steps make no host copies (no effect on CPU)")
     workers: int = opt(0, "CPU threads for intra-op parallelism (0: torch's default)", ge=0, le=4096)
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     out: str | None = opt(None, "run directory (default runs/<search|train>-<time>)")
@@ -74,6 +77,44 @@ class SGDOptions:
     nesterov: bool = opt(False, "Nesterov momentum (GDAS' search)")
     weight_decay: float = opt(3e-4, "SGD weight decay", ge=0)
     grad_clip: float = opt(5.0, "gradient-norm clip of the weight step (0: off)", ge=0)
+    scale_lr: bool = opt(True, "when --batch-size differs from the preset's, scale the learning rates left to the "
+                               "preset: SGD's lr and lr_min in proportion to the batch, a search's Adam arch_lr by "
+                               "its square root")
+
+    # How each learning rate follows the batch size: lr * (batch / preset batch) ** exponent. SGD linearly
+    # (Goyal et al. 2017, "Accurate, Large Minibatch SGD"), Adam by the square root (Malladi et al. 2022,
+    # "On the SDEs and Scaling Rules for Adaptive Gradient Algorithms"). The field's own precedent:
+    # PC-DARTS (train_search.py lines 24, 25, 43) searches at batch 256 with lr 0.1 and arch lr 6e-4,
+    # DARTS (cnn/train_search.py lines 23, 24, 42) at 64 with 0.025 and 3e-4: 4x the batch, 4x the SGD
+    # rate, 2x the Adam rate. Groups with more learning rates add theirs (``LR_BATCH_EXPONENTS``).
+    LR_BATCH_EXPONENTS: typing.ClassVar[dict[str, float]] = {"lr": 1.0, "lr_min": 1.0}
+
+    @classmethod
+    def resolve(cls, values: dict, preset: dict, typed: set[str]) -> list[str]:
+        """Scale the learning rates the user did not set when the user set a batch size other than the
+        preset's (``--batch-size``, or batch_size in --config); a learning rate typed or in the file stays
+        as given. Returns a note for the log, or none."""
+        if not values.get("scale_lr", True) or "batch_size" not in typed:
+            return []
+        base = preset.get("batch_size", cls.__dataclass_fields__["batch_size"].default)
+        batch = values["batch_size"]
+        if batch == base:
+            return []
+        exponents = {}
+        for klass in reversed(cls.__mro__):
+            exponents.update(klass.__dict__.get("LR_BATCH_EXPONENTS", {}))
+        scaled = []
+        for name, exponent in exponents.items():
+            # lr_min goes with lr: a typed lr keeps the preset's lr_min (scaling it alone could pass lr)
+            if name in typed or name not in cls.__dataclass_fields__ or (name == "lr_min" and "lr" in typed):
+                continue
+            old = values.get(name, preset.get(name, cls.__dataclass_fields__[name].default))
+            values[name] = old * (batch / base) ** exponent
+            if old:
+                scaled.append(f"{name} {old:g} -> {values[name]:g}")
+        if not scaled:
+            return []
+        return [f"batch size {batch} against the preset's {base}: {', '.join(scaled)} (--no-scale-lr keeps them)"]
 
     def check(self) -> None:
         if self.nesterov and self.momentum == 0:

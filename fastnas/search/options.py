@@ -8,6 +8,7 @@ run's outputs (:class:`SearchOutputs`), and the weight optimizer and run options
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 
 from fastnas.infra.config import opt
@@ -132,6 +133,10 @@ class ArchOptimizer:
     arch_grad_clip: float = opt(5.0, "gradient-norm clip of the architecture step (P-DARTS: 5; 0: off)", ge=0)
     arch_betas: list[float] = opt([0.5, 0.999], "Adam betas of the architecture parameters", ge=0, lt=1)
     arch_weight_decay: float = opt(1e-3, "Adam weight decay of the architecture parameters", ge=0)
+
+    # --batch-size scales the Adam rate by the square root (SGDOptions.resolve; with arch_travel > 0 the
+    # rate follows the stage's step count instead and this scaling has no effect).
+    LR_BATCH_EXPONENTS: typing.ClassVar[dict[str, float]] = {"arch_lr": 0.5}
 
     def check(self) -> None:
         if len(self.arch_betas) != 2:

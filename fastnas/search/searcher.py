@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from fastnas import plots
 from fastnas.cost import budget_report_lines
-from fastnas.data import BatchStream, augment, load_dataset, normalize, split_train
+from fastnas.data import BatchStream, augment, load_dataset, normalize, place, split_train
 from fastnas.infra import config as cfglib
 from fastnas.infra import distributed
 from fastnas.infra.console import progress_bar
@@ -59,6 +59,8 @@ class Searcher:
         full = load_dataset(cfg.dataset, cfg.data_dir, train=True, download=cfg.download,
                             embedded_size=cfg.embedded_size, image_size=cfg.image_size, seed=cfg.seed)
         self.train_data, self.valid_data = split_train(full, cfg.train_portion, cfg.seed)
+        self.train_data = place(self.train_data, device, cfg.data_on_device)
+        self.valid_data = place(self.valid_data, device, cfg.data_on_device)
         self.num_classes = full.num_classes
         # Shards: `accumulate` per process, so W processes x A shards see what W*A processes see.
         A = cfg.accumulate
@@ -260,8 +262,9 @@ class Searcher:
         n_train = n_valid = 0
         # Augmentation draws from per-shard generators seeded by (seed, stage, epoch, shard): the same
         # whatever the process layout, and nothing to carry in the checkpoint.
-        gens = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + stage * 10_007 + epoch * 101 + r)
-                for r in self.shards]
+        # They live where the images do, so a GPU draws crops and flips without a host round trip.
+        gens = [torch.Generator(self.train_data.images.device).manual_seed(
+                cfg.seed * 1_000_003 + stage * 10_007 + epoch * 101 + r) for r in self.shards]
         t0 = time.perf_counter()
         bar = progress_bar(steps, f"stage {stage + 1} epoch {epoch + 1}", enabled=self.rank == 0)
         for _ in range(steps):

@@ -14,16 +14,41 @@ from fastnas.space.primitives import FactorizedReduce, Identity, ReLUConvBN, bui
 from fastnas.space.topology import is_reduction
 
 
-def drop_path(x: Tensor, drop_prob: float) -> Tensor:
-    """Zero whole samples with probability `drop_prob`, scaling the rest by 1 / (1 - drop_prob)."""
-    if drop_prob <= 0.0:
+def drop_path(x: Tensor, drop_prob: float | Tensor) -> Tensor:
+    """Zero whole samples with probability `drop_prob`, scaling the rest by 1 / (1 - drop_prob).
+    `drop_prob` may be a 0-dim tensor on x's device: the cells pass theirs so that a compiled network
+    takes the rate as an input (a Python float would be a constant, recompiled for every new rate)."""
+    if not isinstance(drop_prob, Tensor) and drop_prob <= 0.0:
         return x
     keep = 1.0 - drop_prob
     mask = torch.empty(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device).bernoulli_(keep)
     return x.div(keep).mul(mask)
 
 
-class EvalCell(nn.Module):
+class DropPathRate(nn.Module):
+    """A cell's drop-path state: `drop_on` (a bool, so a compiled network is traced once without
+    drop-path and once with it) and `drop_rate` (a 0-dim buffer that moves with the network and is
+    filled in place each epoch: no new graph, no host copy). ``drop_prob`` sets both."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("drop_rate", torch.zeros(()), persistent=False)
+        self.drop_on = False
+        self._drop_prob = 0.0
+
+    @property
+    def drop_prob(self) -> float:
+        return self._drop_prob
+
+    @drop_prob.setter
+    def drop_prob(self, p: float) -> None:
+        self._drop_prob = float(p)
+        self.drop_on = p > 0
+        with torch.no_grad():
+            self.drop_rate.fill_(p)
+
+
+class EvalCell(DropPathRate):
     """A cell of the derived network: two ops per node, summed; drop-path on non-identity ops."""
 
     def __init__(self, genotype: Genotype, C_prev_prev: int, C_prev: int, C: int, reduction: bool,
@@ -43,7 +68,6 @@ class EvalCell(nn.Module):
         self.ops = nn.ModuleList(
             build_op(name, C, 2 if reduction and idx < 2 else 1, True) for name, idx in edges
         )
-        self.drop_prob = 0.0
 
     def forward(self, s0: Tensor, s1: Tensor) -> Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
@@ -52,14 +76,14 @@ class EvalCell(nn.Module):
             for e in (2 * i, 2 * i + 1):
                 op = self.ops[e]
                 h = op(states[self.indices[e]])
-                if self.training and self.drop_prob > 0 and not isinstance(op, Identity):
-                    h = drop_path(h, self.drop_prob)
+                if self.training and self.drop_on and not isinstance(op, Identity):
+                    h = drop_path(h, self.drop_rate)
                 hs.append(h)
             states.append(hs[0] + hs[1])
         return torch.cat([states[i] for i in self.concat], dim=1)
 
 
-class FixedReductionCell(nn.Module):
+class FixedReductionCell(DropPathRate):
     """GDAS' fixed reduction cell ("FRC", used for its 2.82% CIFAR-10 result; the structure of
     D-X-Y/AutoDL-Projects' ``GDAS_Reduction_Cell``): from each preprocessed input, a factorised
     1x3 / 3x1 stride-2 grouped convolution branch (groups 8) and a 3x3 stride-2 max pool, the four
@@ -97,13 +121,12 @@ class FixedReductionCell(nn.Module):
 
         self.convs = nn.ModuleList([conv_branch(), conv_branch()])
         self.pools = nn.ModuleList([pool_branch(), pool_branch()])
-        self.drop_prob = 0.0
 
     def forward(self, s0: Tensor, s1: Tensor, *_unused) -> Tensor:
         s0, s1 = self.preprocess0(s0), self.preprocess1(s1)
         outs = [self.convs[0](s0), self.convs[1](s1), self.pools[0](s0), self.pools[1](s1)]
-        if self.training and self.drop_prob > 0:
-            outs = [drop_path(o, self.drop_prob) for o in outs]
+        if self.training and self.drop_on:
+            outs = [drop_path(o, self.drop_rate) for o in outs]
         return torch.cat(outs, dim=1)
 
 

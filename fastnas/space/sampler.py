@@ -150,15 +150,7 @@ class DirichletSampler(Sampler):
     temperature = "none"
 
     def __call__(self, alpha: Tensor) -> Sample:
-        concentration = F.elu(alpha) + 1
-        if self.generator is None:
-            return Sample(_dirichlet(concentration))
-        # Dirichlet.rsample takes no generator: draw under a seed taken from ours, in a forked RNG.
-        seed = int(torch.randint(0, 2**62, (1,), generator=self.generator, device=self.generator.device))
-        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            return Sample(_dirichlet(concentration))
+        return Sample(_dirichlet(F.elu(alpha) + 1, self.generator))
 
     def expected_probabilities(self, alpha: Tensor) -> Tensor:
         # Mean of the Dirichlet: what DrNAS derives the genotype from.
@@ -166,10 +158,32 @@ class DirichletSampler(Sampler):
         return c / c.sum(-1, keepdim=True)
 
 
-def _dirichlet(concentration: Tensor) -> Tensor:
-    """A pathwise Dirichlet sample. The concentrations are elu + 1 > 0 by construction: argument
-    validation would read a boolean back from the device (a GPU sync) on every draw."""
-    return torch.distributions.Dirichlet(concentration, validate_args=False).rsample()
+class _DirichletSample(torch.autograd.Function):
+    """A pathwise (reparameterised) Dirichlet sample drawn from `generator`: torch's
+    ``Dirichlet.rsample`` takes no generator, and drawing it under a seed read from ours would read a
+    number back from the device (a GPU sync) on every draw. The backward is the implicit
+    reparameterisation gradient (Figurnov et al. 2018), the rule ``Dirichlet.rsample`` uses:
+    ``dx/dc`` from ``torch._dirichlet_grad``, projected onto the simplex."""
+
+    @staticmethod
+    def forward(ctx, concentration: Tensor, generator: torch.Generator | None) -> Tensor:
+        x = torch._sample_dirichlet(concentration, generator=generator)
+        ctx.save_for_backward(x, concentration)
+        return x
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output: Tensor):
+        x, concentration = ctx.saved_tensors
+        total = concentration.sum(-1, keepdim=True).expand_as(concentration)
+        dx_dc = torch._dirichlet_grad(x, concentration, total)
+        return dx_dc * (grad_output - (x * grad_output).sum(-1, keepdim=True)), None
+
+
+def _dirichlet(concentration: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """A pathwise Dirichlet sample. The concentrations are elu + 1 > 0 by construction, so they are not
+    validated (that would read a boolean back from the device on every draw)."""
+    return _DirichletSample.apply(concentration, generator)
 
 
 _CLASSES = {cls.name: cls for cls in (GumbelHardSampler, GumbelSoftSampler, SoftmaxSampler, DirichletSampler)}

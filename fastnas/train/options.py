@@ -27,6 +27,10 @@ class TrainConfig(SGDOptions, RunOptions):
     epochs: int = opt(600, "training epochs", ge=1)
     # batch_size, lr, lr_min, momentum, weight_decay, grad_clip: config.SGDOptions
     compile: bool = opt(False, "torch.compile the network")
+    compile_mode: str = opt("default", "torch.compile mode with --compile: reduce-overhead replays the step's "
+                                       "kernels as CUDA graphs (on a GPU; the CPU compiles it as default), "
+                                       "max-autotune also tunes the kernels", choices=["default", "reduce-overhead",
+                                                                                     "max-autotune"])
     pin_memory: bool = opt(True, "pinned host memory for batches copied to a GPU")
     export: bool = opt(True, "export the final model (safetensors or state dict, and torch.export)")
     sync_bn: bool = opt(False, "SyncBatchNorm across processes (GPU runs under torchrun)")
@@ -37,6 +41,8 @@ class TrainConfig(SGDOptions, RunOptions):
     latency_batch: int = opt(1, "with --report-cost: batch size of the latency measurement", ge=1)
 
     def check(self) -> None:
+        if self.compile_mode != "default" and not self.compile:
+            raise ConfigError(f"--compile-mode {self.compile_mode} needs --compile")
         if not self.genotype:
             raise ConfigError("--genotype is required (a published name, genotype.json, run dir or DARTS string)")
         if self.auxiliary and self.layers < 2:

@@ -14,7 +14,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from fastnas.data import BatchStream, augment, cutout, load_dataset, normalize
+from fastnas.data import BatchStream, augment, cutout, load_dataset, normalize, place
 from fastnas.infra import config as cfglib
 from fastnas.infra import distributed
 from fastnas.infra.console import progress_bar
@@ -36,8 +36,8 @@ class Trainer:
         self.amp_dtype = AMP_DTYPES[cfg.amp]
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         kw = dict(download=cfg.download, embedded_size=cfg.embedded_size, image_size=cfg.image_size, seed=cfg.seed)
-        self.train_data = load_dataset(cfg.dataset, cfg.data_dir, train=True, **kw)
-        self.test_data = load_dataset(cfg.dataset, cfg.data_dir, train=False, **kw)
+        self.train_data = place(load_dataset(cfg.dataset, cfg.data_dir, train=True, **kw), device, cfg.data_on_device)
+        self.test_data = place(load_dataset(cfg.dataset, cfg.data_dir, train=False, **kw), device, cfg.data_on_device)
         self.stream = BatchStream(self.train_data, cfg.batch_size, cfg.seed * 2 + 1, drop_last=False, rank=rank,
                                   world_size=world_size)
         self.net = EvalNetwork(genotype, cfg.channels, cfg.layers, self.train_data.num_classes, cfg.auxiliary,
@@ -50,7 +50,8 @@ class Trainer:
                 self.net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
             ids = [device.index] if device.type == "cuda" else None
             self.model = DDP(self.net, device_ids=ids)
-        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        mode = None if cfg.compile_mode == "default" else cfg.compile_mode
+        self.forward = torch.compile(self.model, mode=mode) if cfg.compile else self.model
         self.opt = torch.optim.SGD(self.net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                    weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, cfg.epochs, eta_min=cfg.lr_min)
@@ -63,7 +64,7 @@ class Trainer:
         return amp_context(self.device, self.amp_dtype)
 
     def to_device(self, images, labels):
-        if self.device.type == "cuda" and self.cfg.pin_memory:
+        if self.device.type == "cuda" and self.cfg.pin_memory and images.device.type == "cpu":
             images, labels = images.pin_memory(), labels.pin_memory()
         return images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
@@ -88,8 +89,9 @@ class Trainer:
         self.scaler.step(self.opt)
         self.scaler.update()
         n = labels.shape[0]
+        # torch.full fills on the device; torch.tensor(n) would copy a host number every step
         sums += torch.stack([loss.detach() * n, (logits.argmax(1) == labels).sum().float(),
-                             torch.tensor(float(n), device=self.device)])
+                             torch.full((), float(n), device=self.device)])
 
     def train_epoch(self) -> dict:
         cfg = self.cfg
