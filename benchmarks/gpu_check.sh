@@ -6,7 +6,7 @@
 # bandwidth), the retraining throughput, one iteration per method preset, one full search epoch of the
 # default preset's three stages on CIFAR-10-sized data, and prints short tables last. Full results go to
 # OUTDIR (default benchmarks/results/gpu).
-# Meant to finish in about 7 minutes on an H200 (a 15-minute device lease must fit a rerun): every step
+# Meant to finish in about 8 minutes on an H200 (a 15-minute device lease must fit a rerun): every step
 # has its own time limit, and the CPU-only tests are left to CI (they ran there); here run the tests that
 # touch the CUDA kernels, i.e. every `cuda`-marked case plus the op and build tests in full.
 set -uo pipefail
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 OUT=${1:-benchmarks/results/gpu}
 PY=${PYTHON:-$(command -v python3 || command -v python)}
 # Which steps run after the build and the probe (a rerun can skip what an earlier run measured):
-STEPS=" ${GPU_CHECK_STEPS:-tests ops train method search} "
+STEPS=" ${GPU_CHECK_STEPS:-tests ops train method graphs search} "
 want() { [[ "$STEPS" == *" $1 "* ]]; }
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 FASTNAS_CUDA=1
@@ -102,6 +102,10 @@ want train && PYTHONPATH=$PWD timeout 100 $PY benchmarks/train_speed.py --device
 # One search iteration per method preset (C=16, 8 cells, batch 32), side by side.
 want method && PYTHONPATH=$PWD timeout 150 $PY benchmarks/method_step.py --device cuda --iters 5 --out "$OUT" \
   >> "$OUT/bench.log" 2>&1 || status=1
+# The static presets again with --cuda-graphs (each iteration replayed as one CUDA graph; the column "step"
+# says whether it was, or why not), side by side with the eager table above.
+want graphs && PYTHONPATH=$PWD timeout 120 $PY benchmarks/method_step.py --device cuda --iters 10 --cuda-graphs \
+  --presets darts darts2 pcdarts drnas pdarts --out "$OUT/graphs" >> "$OUT/bench.log" 2>&1 || status=1
 # How long a whole search takes (issue 20, target 2): one full epoch of each of the default preset's three
 # stages (5 cells / 8 ops, 11 / 5, 17 / 3; C=16; gumbel-hard; weight + architecture step) on CIFAR-10-sized
 # data (25,000 + 25,000 generated images), each measured, none projected.
@@ -120,6 +124,8 @@ if want search; then
 fi
 echo "== method presets, one iteration ($OUT/method_step.md) =="
 cat "$OUT/method_step.md" 2>/dev/null
+echo "== the same with --cuda-graphs ($OUT/graphs/method_step.md) =="
+cat "$OUT/graphs/method_step.md" 2>/dev/null
 echo
 echo "== GPU op benchmark ($OUT/ops_cuda.md) =="
 cat "$OUT/ops_cuda.md" 2>/dev/null || tail -20 "$OUT/bench.log"
@@ -140,7 +146,10 @@ train = [r for r in rows("train_speed_cuda.json") if "images_per_s" in r]
 best = max(train, key=lambda r: r["images_per_s"], default=None)
 # Search iterations against issue 20's table (H200, 2026-11-29, C=16, 8 cells, batch 32: images/s).
 BEFORE = {"darts": 51.1, "pcdarts": 33.8, "drnas": 42.6, "pdarts": 44.4, "darts2": 14.4}
-method = {r["preset"]: r["images_per_s"] for r in rows("method_step.json") if "images_per_s" in r}
+eager = {r["preset"]: r["images_per_s"] for r in rows("method_step.json") if "images_per_s" in r}
+graphed = {r["preset"]: r["images_per_s"] for r in rows("graphs/method_step.json")
+           if "images_per_s" in r and r.get("mode", "").startswith("cuda graphs")}
+method = {p: max(eager.get(p, 0), graphed.get(p, 0)) for p in {*eager, *graphed}}  # the faster mode per preset
 speedup = {p: round(method[p] / BEFORE[p], 2) for p in ("darts", "pcdarts", "drnas", "pdarts") if p in method}
 def stage_epoch_s(s):
     try:
@@ -160,7 +169,10 @@ targets = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() e
            "retrain_img_s": best["images_per_s"] if best else None, "retrain_mode": best["config"] if best else None,
            "search_stage_epoch_s": epochs, "search_total_min": total, "softmax_family_speedup": speedup or None,
            "darts2_speedup": round(method["darts2"] / BEFORE["darts2"], 2) if "darts2" in method else None,
-           "sync_free": None if sync_free == "null" else sync_free == "true"}
+           "sync_free": None if sync_free == "null" else sync_free == "true",
+           # which mode gave each search rate above, and the graphs' gain over eager in this run
+           "search_mode": {p: "cuda_graphs" if graphed.get(p, 0) > eager.get(p, 0) else "eager" for p in method},
+           "cuda_graphs_vs_eager": {p: round(graphed[p] / eager[p], 2) for p in graphed if p in eager} or None}
 (out / "targets.json").write_text(json.dumps(targets, indent=1) + "\n")
 print("targets.json:", json.dumps(targets))
 PYEOF

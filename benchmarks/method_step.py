@@ -1,14 +1,16 @@
 """One search iteration per method preset, side by side: images/s and peak memory (issue 11).
 
     python benchmarks/method_step.py [--batch 32] [--channels 16] [--cells 8] [--iters 4] [--device cpu]
+                                     [--cuda-graphs]
 
-Every preset runs its own first stage's mechanisms (sampler, partial channels, edge normalization,
-first or second order) through the real search loop (``Searcher.train_epoch``: a weight step and an
-architecture step per iteration) on one shared shape, C=16 and 8 cells, so the numbers compare the
-methods rather than their network sizes. A partial-channel K that does not divide C is replaced by
-the preset's next one that does (DrNAS: K=6 -> 4 at C=16). Each preset runs in its own process, so its
-peak RSS (CPU) or peak allocated memory (CUDA) is its own. The published search cost of each method
-(its paper's GPU-days on CIFAR-10) is printed beside it.
+Every preset runs its own first stage's mechanisms (sampler, partial channels, edge normalization, first
+or second order) through the real search loop (one warm-up epoch of ``Searcher.train_epoch``, then
+``--iters`` timed steady-state iterations of ``Searcher.step``: a weight step and an architecture step
+each, after the eager warm-up steps and, with ``--cuda-graphs``, the capture) on one shared shape, C=16
+and 8 cells, so the numbers compare the methods rather than their network sizes. A partial-channel K
+that does not divide C is replaced by the preset's next one that does (DrNAS: K=6 -> 4 at C=16). Each
+preset runs in its own process, so its peak RSS (CPU) or peak allocated memory (CUDA) is its own. The
+published search cost of each method (its paper's GPU-days on CIFAR-10) is printed beside it.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ PUBLISHED = {"darts": "1.5 (1st order)", "darts2": "4 (2nd order, the DARTS pape
              "progressive": "-"}
 
 
-def worker(name: str, batch: int, channels: int, cells: int, iters: int, device: str) -> dict:
+def worker(name: str, batch: int, channels: int, cells: int, iters: int, device: str, graphs: bool = False) -> dict:
     import torch
 
     from fastnas.infra import config as cfglib
@@ -42,7 +44,7 @@ def worker(name: str, batch: int, channels: int, cells: int, iters: int, device:
     cli = {"preset": name, "cells": [cells] * stages, "channels": [channels] * stages, "batch_size": batch,
            "warmup_epochs": [0] * stages, "epochs": [2] * stages, "max_steps": iters, "device": device,
            "embedded_size": 4 * batch * iters, "plots": False, "derived_eval_images": 0,
-           "partial_channels": [ks[0]] * stages}
+           "partial_channels": [ks[0]] * stages, "cuda_graphs": graphs}
     cfg = cfglib.build_config(SearchConfig, P, cli, "progressive")
     dev = torch.device(device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -50,19 +52,32 @@ def worker(name: str, batch: int, channels: int, cells: int, iters: int, device:
         searcher = Searcher(cfg, run, dev)
         searcher.build_stage(0)
         searcher.train_epoch(0, 0)  # warm-up pass (allocations, autotuning); not timed
+        # steady state, as the steps of a long epoch: after the eager warm-up steps and the capture
+        # (with --cuda-graphs) that each epoch starts with
+        gens = [torch.Generator(searcher.train_data.images.device).manual_seed(0) for _ in searcher.shards]
+        sums = torch.zeros(4, device=dev)
+        if searcher.graphed is not None:
+            searcher.graphed.reset()
+        for _ in range(3):
+            searcher.step(gens, sums)
         if dev.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        searcher.train_epoch(0, 1)
+        for _ in range(iters):
+            searcher.step(gens, sums)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         dt = (time.perf_counter() - t0) / iters
+        g = searcher.graphed
+        mode = ("eager" if not graphs else "eager (no graphs here)" if g is None
+                else f"graphs failed: {g.failed}" if g.failed else f"cuda graphs ({g.replays} replays)")
         run.close()
     peak = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return {"preset": name, "sampler": cfg.sampler, "partial_channels": ks[0], "edge_norm": cfg.edge_norm,
-            "arch_order": cfg.arch_order, "s_per_iter": dt, "images_per_s": batch / dt, "peak_mb": peak}
+            "arch_order": cfg.arch_order, "s_per_iter": dt, "images_per_s": batch / dt, "peak_mb": peak,
+            "mode": mode}
 
 
 def main(argv=None) -> int:
@@ -73,15 +88,18 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=4)
     p.add_argument("--device", default="cpu")
     p.add_argument("--presets", nargs="+", default=list(PRESETS))
+    p.add_argument("--cuda-graphs", action="store_true", help="search with --cuda-graphs (static presets replay "
+                                                                 "each iteration as a CUDA graph on a GPU)")
     p.add_argument("--out", default=None, help="write method_step.json and .md into this folder")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
-        return harness.worker_reply(worker(a.worker, a.batch, a.channels, a.cells, a.iters, a.device))
+        return harness.worker_reply(worker(a.worker, a.batch, a.channels, a.cells, a.iters, a.device, a.cuda_graphs))
     rows = []
     for name in a.presets:
         row = harness.run_worker(__file__, name, ["--batch", a.batch, "--channels", a.channels, "--cells", a.cells,
-                                                  "--iters", a.iters, "--device", a.device])
+                                                  "--iters", a.iters, "--device", a.device,
+                                                  *(["--cuda-graphs"] if a.cuda_graphs else [])])
         if "error" in row:
             print(f"{name}: failed: {row['error']}", flush=True)
             continue
@@ -90,13 +108,13 @@ def main(argv=None) -> int:
     base = next((r for r in rows if r["preset"] == "darts"), rows[0] if rows else None)
     lines = [f"One search iteration (weight step + architecture step), C={a.channels}, {a.cells} cells, batch "
              f"{a.batch}, {a.device}, {a.iters} iterations timed per preset", "",
-             "| preset | sampler | K | edge norm | order | s/iter | images/s | vs darts | peak MB "
+             "| preset | sampler | K | edge norm | order | step | s/iter | images/s | vs darts | peak MB "
              "| published GPU-days |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         norm = "yes" if r["edge_norm"] else "no"
         lines.append(f"| {r['preset']} | {r['sampler']} | {r['partial_channels']} | {norm} | {r['arch_order']} "
-                     f"| {r['s_per_iter']:.3f} | {r['images_per_s']:.1f} | "
+                     f"| {r.get('mode', 'eager')} | {r['s_per_iter']:.3f} | {r['images_per_s']:.1f} | "
                      f"{r['images_per_s'] / base['images_per_s']:.2f}x | {r['peak_mb']:.0f} "
                      f"| {PUBLISHED[r['preset']]} |")
     text = "\n".join(lines)

@@ -208,7 +208,9 @@ ADDED_SINCE = {"nesterov": False, "arch_first": False, "pool_bn": True, "final_b
                # on CPU, where every saved run before it ran, it changes nothing
                "data_on_device": True,
                # a saved config (resumed, or given to --config) names every learning rate: none is rescaled
-               "scale_lr": True}
+               "scale_lr": True,
+               # off: eager steps, as before
+               "cuda_graphs": False}
 
 
 # ------------------------------------------------------------------ learning rates follow --batch-size

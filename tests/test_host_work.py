@@ -87,13 +87,14 @@ class CountOps(TorchDispatchMode):
         return {k: v for k, v in self.counts.items() if k == LIFT or k == READ or k.startswith("host_read.")}
 
 
-def _searcher(tmp_path, preset: str) -> Searcher:
+def _searcher(tmp_path, preset: str, **extra) -> Searcher:
     stages = len(PRESETS[preset].get("cells", [5, 11, 17]))
     cli = {"preset": preset, "cells": [2] * stages, "channels": [4] * stages, "batch_size": 8,
            "warmup_epochs": [0] * stages, "epochs": [2] * stages, "embedded_size": 256, "plots": False,
            "derived_eval_images": 0, "device": "cpu", "workers": 1}
     if preset in ("pcdarts", "drnas"):
         cli["partial_channels"] = [2] * stages
+    cli.update(extra)
     cfg = cfglib.build_config(SearchConfig, PRESETS, cli, "progressive")
     s = Searcher(cfg, RunDir(tmp_path / "run").__enter__(), torch.device("cpu"))
     s.build_stage(0)
@@ -122,9 +123,13 @@ def _count_search_step(s: Searcher) -> collections.Counter:
     return mode.counts, mode.reads, mode.summary()
 
 
-@pytest.mark.parametrize("preset", ["darts", "pcdarts", "drnas", "pdarts"])
-def test_softmax_family_search_step_has_no_host_copy_or_read(tmp_path, preset):
-    counts, reads, summary = _count_search_step(_searcher(tmp_path, preset))
+@pytest.mark.parametrize("preset,extra", [
+    ("darts", {}), ("darts2", {}), ("pcdarts", {}), ("drnas", {}), ("pdarts", {}),
+    ("darts", {"target_params": "2.5M", "cost_penalty": "log"}),  # the budget term in the architecture loss
+    ("pcdarts", {"target_flops": "400M"}),  # ... with PC-DARTS' edge betas in the expected cost
+])
+def test_softmax_family_search_step_has_no_host_copy_or_read(tmp_path, preset, extra):
+    counts, reads, summary = _count_search_step(_searcher(tmp_path, preset, **extra))
     assert counts[LIFT] == 0, f"{preset}: {counts[LIFT]} tensor(s) built from host numbers in one step"
     assert reads == 0, f"{preset}: values read back to the host in one step: {summary}"
     assert sum(counts.values()) > 100  # the step really ran under the counter

@@ -293,6 +293,7 @@ def test_help_says_each_default_once_and_never_none(command, capsys):
     assert description[:1].isupper() and description.endswith(".") and "``" not in description
 
 
+@pytest.mark.slow  # a pipeline and a study end to end (about 16 s): the default tier stays under 5 minutes on 2 cores
 def test_pipeline_and_study_take_the_small_budget_options(tmp_path, capsys):
     out = tmp_path / "p"
     assert main(["pipeline", "--preset", "smoke", "--max-steps", "1", "--embedded-size", "96", "--out", str(out)]) == 0

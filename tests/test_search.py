@@ -18,6 +18,7 @@ def run_search(args, **kw):
     return run_module("fastnas.search", args, **kw)
 
 
+@pytest.mark.slow  # a whole smoke search (about 25 s): the default tier stays under 5 minutes on 2 cores
 def test_smoke_search_end_to_end(tmp_path):
     out = tmp_path / "run"
     r = run_search([*TINY, "--out", str(out)])

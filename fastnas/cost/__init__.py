@@ -22,12 +22,14 @@ from fastnas.cost.model import (
     expected_cell_cost,
     expected_cost,
     format_report,
+    free_op_mask,
     make_cost_model,
 )
 
 __all__ = [
     "METRICS", "UNITS", "EvalShape", "CostModel", "LatencySetting", "LatencyTable", "parse_amount", "human",
-    "expected_cost", "expected_cell_cost", "fit_genotype", "fit_channels", "fit_to_budget", "budget_report_lines",
+    "expected_cost", "expected_cell_cost", "free_op_mask", "fit_genotype", "fit_channels", "fit_to_budget",
+    "budget_report_lines",
     "cheapest_cost", "cost_report", "format_report", "make_cost_model", "measure_genotype", "build_eval_network",
     "default_latency_cache",
 ]

@@ -138,8 +138,13 @@ def make_cost_model(metric: str, shape: EvalShape, *, latency_device: str = "cpu
 
 
 # ----------------------------------------------------------------------------- expected cost
+def free_op_mask(names: list[list[str]], device=None) -> Tensor:
+    """(E, K) bool: True where the candidate is an op derivation can choose (not parameter-free 'none')."""
+    return torch.tensor([[n not in FREE_OPS for n in row] for row in names], device=device)
+
+
 def expected_cell_cost(p: Tensor, cost: Tensor, names: list[list[str]], steps: int = 4,
-                       edge_weight: Tensor | None = None) -> Tensor:
+                       edge_weight: Tensor | None = None, keep: Tensor | None = None) -> Tensor:
     """Differentiable expected cost of one cell type's derived edges under op probabilities `p` (E, K).
 
     Derivation drops 'none', keeps per edge its strongest op and per node the 2 strongest edges. The
@@ -149,7 +154,8 @@ def expected_cell_cost(p: Tensor, cost: Tensor, names: list[list[str]], steps: i
     strength. With all edges equally strong this is the exact expectation under a uniform choice of
     the two edges. `edge_weight` (E,): PC-DARTS' normalised edge betas, which derivation multiplies into
     the edge scores, so they weigh the edges here too (differentiably)."""
-    keep = torch.tensor([[n not in FREE_OPS for n in row] for row in names], device=p.device)
+    if keep is None:  # callers that run every step pass it, made once on the device (no host copy per step)
+        keep = free_op_mask(names, p.device)
     q = p * keep
     q_sum = q.sum(-1, keepdim=True).clamp_min(1e-12)
     edge_cost = ((q / q_sum) * cost.to(p)).sum(-1)
@@ -165,10 +171,11 @@ def expected_cell_cost(p: Tensor, cost: Tensor, names: list[list[str]], steps: i
 
 
 def expected_cost(probs: dict[str, Tensor], tables: dict[str, Tensor], edge_primitives, fixed: float,
-                  steps: int = 4, edge_weights: dict[str, Tensor] | None = None) -> Tensor:
+                  steps: int = 4, edge_weights: dict[str, Tensor] | None = None,
+                  keeps: dict[str, Tensor] | None = None) -> Tensor:
     """fixed + the expected cost of both cell types (see :func:`expected_cell_cost`)."""
-    ew = edge_weights or {}
-    return fixed + sum(expected_cell_cost(probs[c], tables[c], edge_primitives[c], steps, ew.get(c))
+    ew, keeps = edge_weights or {}, keeps or {}
+    return fixed + sum(expected_cell_cost(probs[c], tables[c], edge_primitives[c], steps, ew.get(c), keeps.get(c))
                        for c in CELL_TYPES)
 
 

@@ -16,13 +16,14 @@ from fastnas.infra.errors import ConfigError, RunError
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def amp_context(device: torch.device, dtype: torch.dtype | None):
-    """torch.autocast for `dtype` on `device`, or a no-op context when mixed precision is off."""
+def amp_context(device: torch.device, dtype: torch.dtype | None, cache_enabled: bool = True):
+    """torch.autocast for `dtype` on `device`, or a no-op context when mixed precision is off;
+    `cache_enabled=False` where a CUDA graph captures the region."""
     if dtype is None:
         from contextlib import nullcontext
 
         return nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=cache_enabled)
 
 
 def resolve_device(name: str) -> torch.device:

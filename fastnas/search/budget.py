@@ -20,6 +20,7 @@ from fastnas.cost import (
     cheapest_cost,
     expected_cost,
     fit_to_budget,
+    free_op_mask,
     human,
     make_cost_model,
     parse_amount,
@@ -101,6 +102,7 @@ class BudgetTerm:
         self.model, self.target, self.form, self.strength = model, float(target), form, float(strength)
         self.tables = None
         self.edge_primitives = None
+        self._placed = None  # (device, dtype), tables and masks there: made once, not copied every step
 
     @property
     def metric(self) -> str:
@@ -110,12 +112,18 @@ class BudgetTerm:
         """Lay the cost table out for the current stage's candidates."""
         self.edge_primitives = edge_primitives
         self.tables = self.model.table(edge_primitives)
+        self._placed = None
 
     def expected(self, net, sampler) -> Tensor:
         probs = {c: sampler.expected_probabilities(a) for c, a in net.named_arch_parameters().items()}
         # PC-DARTS' edge betas weigh the edges as derivation does (and get the cost's gradient too)
         edge_weights = net.edge_weights() if hasattr(net, "edge_weights") else None
-        return expected_cost(probs, self.tables, self.edge_primitives, self.model.fixed, net.steps, edge_weights)
+        p = probs["normal"]
+        if self._placed is None or self._placed[0] != (p.device, p.dtype):
+            self._placed = ((p.device, p.dtype), {c: t.to(p) for c, t in self.tables.items()},
+                            {c: free_op_mask(self.edge_primitives[c], p.device) for c in self.tables})
+        _, tables, keeps = self._placed
+        return expected_cost(probs, tables, self.edge_primitives, self.model.fixed, net.steps, edge_weights, keeps)
 
     def __call__(self, loss: Tensor, net, sampler) -> Tensor:
         ratio = self.expected(net, sampler).float() / self.target

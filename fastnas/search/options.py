@@ -152,6 +152,9 @@ class SearchOutputs:
     plots: bool = opt(True, "write PNG plots (cells, op probabilities, curves) into the run directory")
     accumulate: int = opt(1, "shards per process, gradients averaged over them: 1 process with --accumulate N "
                              "computes what N processes compute", ge=1)
+    cuda_graphs: bool = opt(False, "replay each search iteration as one CUDA graph, captured once per epoch, where "
+                                   "the iteration is static (softmax, dirichlet, gumbel-soft samplers; one process; "
+                                   "no fp16); elsewhere the log says why it runs eagerly")
 
 
 # The method mechanisms the searcher asks for supernet arguments and architecture-loss terms.

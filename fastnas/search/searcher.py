@@ -32,6 +32,7 @@ from fastnas.infra.rundir import CHECKPOINT_VERSION, RunDir
 from fastnas.infra.runtime import AMP_DTYPES, amp_context, rng_state, set_rng_state
 from fastnas.search.arch_grad import ArchStep
 from fastnas.search.budget import make_budget_term
+from fastnas.search.graphed import StepGraph, graph_blocker
 from fastnas.search.options import MECHANISMS, SearchConfig
 from fastnas.search.results import evaluate_derived, mean_op_probabilities
 from fastnas.space.derive import cell_stats, derive_genotype, edge_scores, prune_primitives
@@ -92,6 +93,13 @@ class Searcher:
         for mechanism in MECHANISMS:
             self.arch_terms += mechanism.arch_terms(cfg)
         self.arch_gradient = cfg.arch_gradient()
+        # --cuda-graphs: each static iteration replayed as one CUDA graph, captured once per epoch
+        self.graphed = None
+        if cfg.cuda_graphs:
+            blocker = graph_blocker(cfg, device, world_size)
+            if blocker is None:
+                self.graphed = StepGraph(self.iterate, [self.sampler_generator], log=run.log)
+            run.log(f"CUDA graphs: {'on (one capture per epoch)' if blocker is None else 'off: ' + blocker}")
 
     # ----------------------------------------------------------------- building
     def build_stage(self, stage: int) -> None:
@@ -134,7 +142,8 @@ class Searcher:
         self.a_scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
 
     def autocast(self):
-        return amp_context(self.device, self.amp_dtype)
+        # autocast's cast cache must be off where a CUDA graph captures the step (PyTorch's graph notes)
+        return amp_context(self.device, self.amp_dtype, cache_enabled=self.graphed is None)
 
     def steps_per_epoch(self) -> int:
         steps = self.train_streams[0].batches_per_pass()
@@ -219,33 +228,40 @@ class Searcher:
         ``arch_first`` the architecture step comes first and the weight step samples the moved
         architecture (DARTS' order; its second order unrolls from this step's weights). Adds
         loss * n and correct counts to `sums` on the device (train loss, train correct, valid loss, valid
-        correct); returns the images each step saw."""
+        correct); returns the images each step saw. The batches are drawn first (training, then held-out:
+        the augmentation generators' order either way), then :meth:`iterate` runs, replayed as a CUDA
+        graph with ``--cuda-graphs`` where the iteration is static (:mod:`fastnas.search.graphed`)."""
         train_batches = [self.batch(st, g) for st, g in zip(self.train_streams, gens, strict=True)]
-        n_train = sum(y.shape[0] for _, y in train_batches)
+        valid_batches = [self.batch(st, g) for st, g in zip(self.valid_streams, gens, strict=True)] if arch else None
+        (self.graphed or self.iterate)(train_batches, valid_batches, sums, arch)
+        n_valid = sum(y.shape[0] for _, y in valid_batches) if arch else 0
+        return sum(y.shape[0] for _, y in train_batches), n_valid
+
+    def iterate(self, train_batches, valid_batches, sums: torch.Tensor, arch: bool) -> None:
+        """The iteration on batches already drawn (see :meth:`step`): samples, updates, metric sums; no
+        host reads on the softmax family (what lets a CUDA graph capture it)."""
         if arch and self.cfg.arch_first:  # DARTS' order: the architecture moves, then the weights under it
-            n_valid = self._arch_update(self.net.sample(self.sampler), gens, train_batches, sums)
+            self._arch_update(self.net.sample(self.sampler), valid_batches, train_batches, sums)
             self._weight_update(self.net.sample(self.sampler), train_batches, sums)
-            return n_train, n_valid
+            return
         samples = self.net.sample(self.sampler)
         self._weight_update(samples, train_batches, sums)
         if not arch:
-            return n_train, 0
+            return
         if self.cfg.arch_resample:  # GDAS: a fresh architecture for every forward pass
             samples = self.net.sample(self.sampler)
-        return n_train, self._arch_update(samples, gens, train_batches, sums)
+        self._arch_update(samples, valid_batches, train_batches, sums)
 
     def _weight_update(self, samples, train_batches, sums) -> None:
         loss, correct = self.weight_step(samples, train_batches)
         sums[0] += loss
         sums[1] += correct
 
-    def _arch_update(self, samples, gens, train_batches, sums) -> int:
+    def _arch_update(self, samples, batches, train_batches, sums) -> None:
         samples = {cell: self.sampler.for_arch_step(s) for cell, s in samples.items()}
-        batches = [self.batch(st, g) for st, g in zip(self.valid_streams, gens, strict=True)]
         loss, correct = self.arch_step(samples, batches, train_batches)
         sums[2] += loss
         sums[3] += correct
-        return sum(y.shape[0] for _, y in batches)
 
     # ----------------------------------------------------------------- epochs
     def train_epoch(self, stage: int, epoch: int) -> dict:
@@ -259,6 +275,8 @@ class Searcher:
         steps = self.steps_per_epoch()
         lr = self.w_opt.param_groups[0]["lr"]  # this epoch's (the scheduler steps at its end)
         sums = torch.zeros(4, device=self.device)  # train loss*n, train correct, valid loss*n, valid correct
+        if self.graphed is not None:  # this epoch's lr, temperature, skip dropout and sums: a new graph
+            self.graphed.reset()
         n_train = n_valid = 0
         # Augmentation draws from per-shard generators seeded by (seed, stage, epoch, shard): the same
         # whatever the process layout, and nothing to carry in the checkpoint.
