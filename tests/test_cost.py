@@ -220,6 +220,7 @@ def test_budgeted_search_is_cheaper_than_unconstrained(tmp_path):
     assert model_rows[-1]["expected_cost"] < free_expected
 
 
+@pytest.mark.slow  # a whole search (about 13 s): the default tier stays under 5 minutes on 2 cores
 def test_budget_fit_channels(tmp_path):
     model = CostModel("params", SMALL)
     # strength 0: the cost term does nothing, so the derived cell is over and only the channels can fit it

@@ -67,6 +67,16 @@ def all_reduce_(t: torch.Tensor, average: bool = False) -> torch.Tensor:
     return t
 
 
+def broadcast_buffers_(module: torch.nn.Module, src: int = 0) -> None:
+    """Every process takes rank `src`'s buffers (BatchNorm's running statistics); a no-op outside a
+    process group. DDP does this before each training forward only, so after the last step each rank
+    holds its own statistics; an evaluation after it must use rank 0's, which its checkpoint holds, or a
+    resumed run evaluates another network than the one that was reported."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for buf in module.buffers():
+            dist.broadcast(buf, src)
+
+
 def fault_step(rank: int) -> int | None:
     """Test hook: FASTNAS_FAULT=<rank>:<step> makes that rank die at that step (to check that the
     others stop with an error instead of hanging)."""

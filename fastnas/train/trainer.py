@@ -117,6 +117,7 @@ class Trainer:
                 "drop_path": self.net.drop_path_prob, "train_images_per_s": s[2] / seconds, "train_time_s": seconds}
 
     def evaluate(self, data=None) -> dict:
+        distributed.broadcast_buffers_(self.net)  # every rank evaluates the network rank 0 checkpoints
         return evaluate_model(self.net, data or self.test_data, self.train_data.mean, self.train_data.std,
                               self.device, max(self.cfg.batch_size, 256), self.amp_dtype, self.memory_format,
                               self.to_device, rank=self.rank, world_size=self.world_size)
