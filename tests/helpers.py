@@ -155,3 +155,30 @@ def fails(main, argv, fragment, capsys, code=2):
     assert err and err[-1].startswith(("error:", "interrupted")), err
     assert fragment in err[-1], err[-1]
     assert "Traceback" not in "\n".join(err)
+
+
+def tiny_searcher(run_path: Path, preset: str = "darts", *, device: str = "cpu", cells: int = 2, channels: int = 4,
+                  batch_size: int = 8, partial_channels: int = 2, **options):
+    """A Searcher of `preset` with its first stage built (`cells` x `channels`, every stage alike, no
+    warm-up) on embedded data, in training mode, its run directory open at `run_path`. PC-DARTS and DrNAS
+    take `partial_channels` (their presets' K does not divide small widths); `options` override any
+    search option. The global RNG is seeded before the build, so two calls start from the same weights."""
+    import torch
+
+    from fastnas.infra import config as cfglib
+    from fastnas.infra.rundir import RunDir
+    from fastnas.search import PRESETS, SearchConfig, Searcher
+
+    n = len(PRESETS[preset].get("cells", [5, 11, 17]))  # the preset's stage count; only the first is built
+    cli = {"preset": preset, "cells": [cells] * n, "channels": [channels] * n, "batch_size": batch_size,
+           "warmup_epochs": [0] * n, "epochs": [2] * n, "embedded_size": 256, "plots": False,
+           "derived_eval_images": 0, "device": device, "workers": 1}
+    if preset in ("pcdarts", "drnas"):
+        cli["partial_channels"] = [partial_channels] * n
+    cli.update(options)
+    cfg = cfglib.build_config(SearchConfig, PRESETS, cli, "progressive")
+    s = Searcher(cfg, RunDir(run_path).__enter__(), torch.device(device))
+    torch.manual_seed(0)
+    s.build_stage(0)
+    s.net.train()
+    return s

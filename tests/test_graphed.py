@@ -8,10 +8,10 @@ the eager step computes -- is the `cuda` test at the end (run by benchmarks/gpu_
 
 import pytest
 import torch
+from helpers import tiny_searcher
 
 from fastnas.infra import config as cfglib
-from fastnas.infra.rundir import RunDir
-from fastnas.search import PRESETS, SearchConfig, Searcher
+from fastnas.search import PRESETS, SearchConfig
 from fastnas.search.graphed import StepGraph, graph_blocker
 
 
@@ -41,19 +41,7 @@ class StandIn:
 
 
 def _searcher(tmp_path, name, preset="darts", **extra):
-    n = len(PRESETS[preset].get("cells", [5, 11, 17]))  # the preset's stages; the tests run the first
-    cli = {"preset": preset, "cells": [2] * n, "channels": [4] * n, "batch_size": 8, "warmup_epochs": [0] * n,
-           "epochs": [2] * n, "embedded_size": 256, "plots": False, "derived_eval_images": 0, "device": "cpu",
-           "workers": 1, "seed": 3, **extra}
-    if preset in ("pcdarts", "drnas"):
-        cli["partial_channels"] = [2] * n
-    cfg = cfglib.build_config(SearchConfig, PRESETS, cli, "progressive")
-    run = RunDir(tmp_path / name).__enter__()
-    s = Searcher(cfg, run, torch.device("cpu"))
-    torch.manual_seed(0)  # the same initial weights and alphas in both runs of a comparison
-    s.build_stage(0)
-    s.net.train()
-    return s
+    return tiny_searcher(tmp_path / name, preset, seed=3, **extra)
 
 
 def _epoch(s, steps, epoch, arch=True):
@@ -171,16 +159,8 @@ def test_cuda_graph_replay_matches_eager_on_a_gpu(tmp_path, preset):
     dropout off, so both draw nothing; fp32 reductions may reorder, hence the tolerance)."""
     runs = {}
     for mode in ("eager", "graphs"):
-        cli = {"preset": preset, "cells": [3], "channels": [8], "ops_kept": [8], "skip_dropout": [0.0],
-               "batch_size": 16, "warmup_epochs": [0], "epochs": [2], "embedded_size": 512, "plots": False,
-               "derived_eval_images": 0, "device": "cuda", "seed": 1, "cuda_graphs": mode == "graphs"}
-        if preset == "pcdarts":
-            cli["partial_channels"] = [2]
-        cfg = cfglib.build_config(SearchConfig, PRESETS, cli, "progressive")
-        s = Searcher(cfg, RunDir(tmp_path / mode).__enter__(), torch.device("cuda"))
-        torch.manual_seed(0)
-        s.build_stage(0)
-        s.net.train()
+        s = tiny_searcher(tmp_path / mode, preset, device="cuda", cells=3, channels=8, batch_size=16, seed=1,
+                          ops_kept=[8], skip_dropout=[0.0], embedded_size=512, cuda_graphs=mode == "graphs")
         sums = []
         for epoch in range(2):
             gens = [torch.Generator("cuda").manual_seed(100 + epoch)]

@@ -16,13 +16,14 @@ from contextlib import contextmanager
 
 import pytest
 import torch
+from helpers import tiny_searcher
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastnas.data import ImageData, augment, cutout, place
 from fastnas.infra import config as cfglib
 from fastnas.infra.rundir import RunDir
-from fastnas.search import PRESETS, SearchConfig, Searcher
+from fastnas.search import Searcher
 from fastnas.space.sampler import DirichletSampler, _dirichlet
 
 LIFT, READ = "aten.lift_fresh", "aten._local_scalar_dense"
@@ -88,18 +89,7 @@ class CountOps(TorchDispatchMode):
 
 
 def _searcher(tmp_path, preset: str, **extra) -> Searcher:
-    stages = len(PRESETS[preset].get("cells", [5, 11, 17]))
-    cli = {"preset": preset, "cells": [2] * stages, "channels": [4] * stages, "batch_size": 8,
-           "warmup_epochs": [0] * stages, "epochs": [2] * stages, "embedded_size": 256, "plots": False,
-           "derived_eval_images": 0, "device": "cpu", "workers": 1}
-    if preset in ("pcdarts", "drnas"):
-        cli["partial_channels"] = [2] * stages
-    cli.update(extra)
-    cfg = cfglib.build_config(SearchConfig, PRESETS, cli, "progressive")
-    s = Searcher(cfg, RunDir(tmp_path / "run").__enter__(), torch.device("cpu"))
-    s.build_stage(0)
-    s.net.train()
-    return s
+    return tiny_searcher(tmp_path / "run", preset, **extra)
 
 
 def _count_search_step(s: Searcher) -> collections.Counter:

@@ -10,26 +10,19 @@ benchmarks/op_count.py)."""
 import pytest
 import torch
 from conftest import requires_cuda
+from helpers import tiny_searcher
 
 from fastnas.infra import config as cfglib
 from fastnas.infra.rundir import RunDir
-from fastnas.search import PRESETS, SearchConfig, Searcher
 
 pytestmark = [requires_cuda, pytest.mark.cuda]
 
 
 @pytest.mark.parametrize("preset", ["darts", "pcdarts", "drnas", "pdarts"])
 def test_search_iteration_is_sync_free(tmp_path, preset):
-    stages = len(PRESETS[preset].get("cells", [5, 11, 17]))
-    cli = {"preset": preset, "cells": [5] * stages, "channels": [16] * stages, "batch_size": 16,
-           "warmup_epochs": [0] * stages, "epochs": [2] * stages, "embedded_size": 256, "plots": False,
-           "derived_eval_images": 0, "partial_channels": [4] * stages if preset in ("pcdarts", "drnas") else [1],
-           "device": "cuda"}
-    cfg = cfglib.build_config(SearchConfig, PRESETS, cli, "progressive")
-    with RunDir(tmp_path / "run") as run:
-        s = Searcher(cfg, run, torch.device("cuda"))
-        s.build_stage(0)
-        s.net.train()
+    s = tiny_searcher(tmp_path / "run", preset, device="cuda", cells=5, channels=16, batch_size=16,
+                      partial_channels=4)
+    with s.run_dir:
         gens = [torch.Generator(s.train_data.images.device).manual_seed(0) for _ in s.shards]
         sums = torch.zeros(4, device="cuda")
         for _ in range(2):  # warm-up: allocator, cuDNN choices, optimizer state

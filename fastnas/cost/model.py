@@ -139,7 +139,8 @@ def make_cost_model(metric: str, shape: EvalShape, *, latency_device: str = "cpu
 
 # ----------------------------------------------------------------------------- expected cost
 def free_op_mask(names: list[list[str]], device=None) -> Tensor:
-    """(E, K) bool: True where the candidate is an op derivation can choose (not parameter-free 'none')."""
+    """(E, K) bool: True where the candidate is not one of FREE_OPS ('none', 'noise'), which the expected
+    cost leaves out."""
     return torch.tensor([[n not in FREE_OPS for n in row] for row in names], device=device)
 
 

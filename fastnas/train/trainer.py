@@ -117,7 +117,6 @@ class Trainer:
                 "drop_path": self.net.drop_path_prob, "train_images_per_s": s[2] / seconds, "train_time_s": seconds}
 
     def evaluate(self, data=None) -> dict:
-        distributed.broadcast_buffers_(self.net)  # every rank evaluates the network rank 0 checkpoints
         return evaluate_model(self.net, data or self.test_data, self.train_data.mean, self.train_data.std,
                               self.device, max(self.cfg.batch_size, 256), self.amp_dtype, self.memory_format,
                               self.to_device, rank=self.rank, world_size=self.world_size)
@@ -194,6 +193,8 @@ def evaluate_model(net, data, mean, std, device, batch_size: int = 256, amp_dtyp
         net.eval()
     except NotImplementedError:  # a torch.export program: exported in eval mode already
         pass
+    if world_size > 1 and isinstance(net, torch.nn.Module):
+        distributed.broadcast_buffers_(net)  # every rank evaluates the network rank 0 checkpoints
     # Sums stay on the device and are read once at the end: a read per batch would sync a GPU per batch.
     sums = torch.zeros(2, dtype=torch.float64, device=device)
     per = -(-len(data) // world_size)
