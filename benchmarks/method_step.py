@@ -71,7 +71,8 @@ def worker(name: str, batch: int, channels: int, cells: int, iters: int, device:
         dt = (time.perf_counter() - t0) / iters
         g = searcher.graphed
         mode = ("eager" if not graphs else "eager (no graphs here)" if g is None
-                else f"graphs failed: {g.failed}" if g.failed else f"cuda graphs ({g.replays} replays)")
+                else f"graphs failed: {g.failed}" if g.failed
+                else f"cuda graphs: {searcher.graph_scope} ({g.replays} replays)")
         run.close()
     peak = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

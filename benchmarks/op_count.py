@@ -11,8 +11,13 @@ every ``aten::`` call (nested calls included: a launch-bound GPU pays for each k
 the top-level ``aten::`` calls (what Python dispatches), the scalar reads (syncs on a GPU), the
 ``.tolist()``/``.numpy()`` reads (a CPU tensor's never reach the dispatcher: counted in one more
 iteration; syncs on a GPU), the tensors built from Python numbers (``aten::lift_fresh``: host-to-device
-copies on a GPU), and the wall time of the iteration against the time spent inside top-level ops (the rest is Python and
-dispatch). Each preset runs in its own process.
+copies on a GPU), and the wall time of the iteration against the time spent inside top-level ops (the
+rest is Python and dispatch). Each preset runs in its own process.
+
+The last columns count what the host still issues per step with ``--cuda-graphs`` (search and
+``fastnas train``): the top-level calls outside the captured graph (drawing the batch, copying it into
+the graph's inputs, the hard sampler's eager weight step) plus one per graph launch, counted against a
+stand-in for torch.cuda's graphs after its warm-up and capture.
 """
 
 from __future__ import annotations
@@ -87,7 +92,55 @@ def search_worker(name: str, batch: int, channels: int, cells: int) -> dict:
             s.step(gens, sums)  # exactly one iteration: what the epoch loop repeats
         wall = time.perf_counter() - t0
         reads = _python_reads(lambda: s.step(gens, sums))
-    return {"config": name, "sampler": cfg.sampler, **_count(prof), "python_reads": reads, "wall_s": wall}
+        graphed = _graphed_calls(s, cfg, gens, sums)
+    return {"config": name, "sampler": cfg.sampler, **_count(prof), "python_reads": reads, "wall_s": wall,
+            **graphed}
+
+
+class _CountingGraphs:
+    """A stand-in for torch.cuda's graphs that counts what the host still issues under --cuda-graphs:
+    the capture runs the step once (it is recorded, not counted) and a replay is one launch
+    (``cudaGraphLaunch``), which the profile cannot see, so it is added by hand."""
+
+    replays = 0
+
+    def side_stream(self, fn):
+        fn()
+
+    def capture(self, fn, generators):
+        fn()
+        counter = self
+
+        class Replay:
+            def replay(self):
+                counter.replays += 1
+
+        return Replay()
+
+    def synchronize(self):
+        pass
+
+
+def _graphed_calls(s, cfg, gens, sums) -> dict:
+    """Top-level calls per iteration outside the graph with --cuda-graphs (what a GPU still launches one
+    by one: drawing the batch, copying it into the graph's inputs, the hard sampler's eager weight
+    step), or why the preset's iteration is not graphed."""
+    import torch
+
+    from fastnas.search.graphed import graph_blocker
+
+    blocker = graph_blocker(cfg, torch.device("cuda"), 1)
+    if blocker is not None:
+        return {"graphed_top_level_calls": None, "graph_scope": "not graphed: " + blocker.split(" (")[0]}
+    backend = _CountingGraphs()
+    s.use_graphs(backend=backend)
+    for _ in range(s.graphed.WARMUP + 1):  # the eager warm-up steps and the capture
+        s.step(gens, sums)
+    before = backend.replays
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        s.step(gens, sums)
+    launches = backend.replays - before
+    return {"graphed_top_level_calls": _count(prof)["top_level_calls"] + launches, "graph_scope": s.graph_scope}
 
 
 def retrain_worker(name: str, batch: int) -> dict:
@@ -121,7 +174,39 @@ def retrain_worker(name: str, batch: int) -> dict:
     wall = time.perf_counter() - t0
     casts = sum(e.name == "aten::_to_copy" for e in prof.events())  # dtype casts (autocast's included)
     return {"config": name, "sampler": "-", **_count(prof), "python_reads": _python_reads(step),
-            "casts": casts, "wall_s": wall}
+            "casts": casts, "wall_s": wall, **_graphed_train_calls(batch, "bf16" if name.endswith("bf16") else "off")}
+
+
+def _graphed_train_calls(batch: int, amp: str) -> dict:
+    """Top-level calls per step outside the graph for ``fastnas train --cuda-graphs``'s step (the same
+    network and recipe: drawing, augmenting and cutting out the batch, copying it into the graph's inputs,
+    one launch)."""
+    import tempfile
+
+    import torch
+
+    from fastnas.infra import config as cfglib
+    from fastnas.infra.rundir import RunDir
+    from fastnas.space.genotype import published
+    from fastnas.train import PRESETS, TrainConfig, Trainer
+
+    cfg = cfglib.build_config(TrainConfig, PRESETS, {"genotype": "DARTS_V2", "device": "cpu", "batch_size": batch,
+                                                     "embedded_size": 8 * batch, "amp": amp, "plots": False,
+                                                     "export": False}, "darts")
+    with tempfile.TemporaryDirectory() as tmp, RunDir(tmp) as run:
+        t = Trainer(cfg, run, torch.device("cpu"), published("DARTS_V2"))
+        t.net.train()
+        t.net.drop_path_prob = 0.2
+        backend = _CountingGraphs()
+        t.use_graphs(backend=backend)
+        sums = torch.zeros(3)
+        for _ in range(t.graphed.WARMUP + 1):
+            t.step(sums)
+        before = backend.replays
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            t.step(sums)
+    return {"graphed_top_level_calls": _count(prof)["top_level_calls"] + backend.replays - before,
+            "graph_scope": "training step"}
 
 
 def main(argv=None) -> int:
@@ -146,26 +231,34 @@ def main(argv=None) -> int:
         row = harness.run_worker(__file__, name, ["--batch", a.batch, "--channels", a.channels, "--cells", a.cells])
         rows.append(row)
         print(json.dumps(row), flush=True)
-    lines = [f"Operator calls per step on the CPU (search: one iteration = weight step + architecture step, C="
-             f"{a.channels}, {a.cells} cells, batch {a.batch}; retraining: DARTS_V2, C=36, 20 cells, batch "
-             f"{a.batch})", "",
-             "| step | sampler | aten calls (nested incl.) | top-level calls | scalar reads (GPU syncs) "
-             "| tolist/numpy reads (GPU syncs) | tensors from host numbers (H2D copies) | dtype casts "
-             "| wall s | in top-level ops | outside ops (Python, dispatch) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['config']} | failed: {r['error']} | | | | | | | | | |")
-            continue
-        outside = max(0.0, r["wall_s"] - r["op_time_s"])
-        lines.append(f"| {r['config']} | {r['sampler']} | {r['aten_calls']:,} | {r['top_level_calls']:,} | "
-                     f"{r['syncs']} | {r['python_reads']} | {r['host_copies']} | {r.get('casts', '-')} | "
-                     f"{r['wall_s']:.2f} | "
-                     f"{r['op_time_s']:.2f} | {outside:.2f} |")
-    table = "\n".join(lines)
+    table = render(rows, a.channels, a.cells, a.batch)
     print(table)
     harness.write_results(a.out, "op_count", rows, table)
     return 0
+
+
+def render(rows: list[dict], channels: int, cells: int, batch: int) -> str:
+    """The Markdown table of `rows` (what main writes beside the JSON)."""
+    lines = [f"Operator calls per step on the CPU (search: one iteration = weight step + architecture step, C="
+             f"{channels}, {cells} cells, batch {batch}; retraining: DARTS_V2, C=36, 20 cells, batch "
+             f"{batch})", "",
+             "| step | sampler | aten calls (nested incl.) | top-level calls | scalar reads (GPU syncs) "
+             "| tolist/numpy reads (GPU syncs) | tensors from host numbers (H2D copies) | dtype casts "
+             "| wall s | in top-level ops | outside ops (Python, dispatch) "
+             "| top-level calls with --cuda-graphs (graph launches incl.) | what one replay covers |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['config']} | failed: {r['error']} | | | | | | | | | | | |")
+            continue
+        outside = max(0.0, r["wall_s"] - r["op_time_s"])
+        graphed = r.get("graphed_top_level_calls")
+        lines.append(f"| {r['config']} | {r['sampler']} | {r['aten_calls']:,} | {r['top_level_calls']:,} | "
+                     f"{r['syncs']} | {r['python_reads']} | {r['host_copies']} | {r.get('casts', '-')} | "
+                     f"{r['wall_s']:.2f} | "
+                     f"{r['op_time_s']:.2f} | {outside:.2f} | {'-' if graphed is None else f'{graphed:,}'} | "
+                     f"{r.get('graph_scope', '-')} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

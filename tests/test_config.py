@@ -195,7 +195,8 @@ def test_search_config_keeps_every_option_of_the_flat_format():
     for cls, previous in ((SearchConfig, PREVIOUS_SEARCH_FIELDS), (TrainConfig, PREVIOUS_TRAIN_FIELDS)):
         fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "out"}
         added = ADDED_SINCE if cls is SearchConfig else {"nesterov": False, "data_on_device": True,
-                                                         "scale_lr": True, "compile_mode": "default"}
+                                                         "scale_lr": True, "compile_mode": "default",
+                                                         "cuda_graphs": False}
         assert sorted(previous) == sorted(set(fields) - set(added))
         # an option added since defaults to what earlier runs computed, so their saved configs resume alike
         for name, old_behaviour in added.items():

@@ -12,7 +12,7 @@ from helpers import tiny_searcher
 
 from fastnas.infra import config as cfglib
 from fastnas.search import PRESETS, SearchConfig
-from fastnas.search.graphed import StepGraph, graph_blocker
+from fastnas.search.graphed import StepGraph, graph_blocker, graph_scope
 
 
 class Recorded:
@@ -79,6 +79,137 @@ def test_replayed_steps_compute_what_eager_steps_compute(tmp_path, preset):
     assert backend.captured == 2
 
 
+def test_static_hard_architecture_step_has_score_alls_value_and_gradient():
+    """The hard sampler's architecture step in its static form (every candidate under autograd, as a
+    soft sample weighted by the one-hot) against the eager form (score_all: the unsampled candidates
+    run without autograd): the same logits and the same architecture gradient. Skip dropout on, so the
+    unsampled skips draw in both (the same draws, from the same seed)."""
+    import torch.nn.functional as F
+
+    from fastnas import ops
+    from fastnas.space.sampler import Sample, make_sampler
+    from fastnas.space.supernet import SuperNet
+
+    torch.manual_seed(0)
+    net = SuperNet(channels=4, layers=3, num_classes=10, skip_dropout=0.3).train()
+    x, y = torch.randn(6, 3, 16, 16), torch.randint(0, 10, (6,))
+    sampler = make_sampler("gumbel-hard", tau=0.7)
+    noise = {c: -torch.log(-torch.log(torch.rand(a.shape))) for c, a in net.named_arch_parameters().items()}
+    results = []
+    for static in (False, True):
+        drawn = {}
+        for c, a in net.named_arch_parameters().items():
+            w, index = ops.gumbel_softmax(a, 0.7, True, noise=noise[c])
+            drawn[c] = Sample(w, index, hard=True, index_list=None if static else index.tolist())
+        samples = {c: sampler.for_arch_step(d, static=static) for c, d in drawn.items()}
+        assert all(s.hard != static for s in samples.values())
+        torch.manual_seed(1)
+        logits = net(x, samples)
+        grads = torch.autograd.grad(F.cross_entropy(logits, y), net.arch_parameters())
+        results.append((logits.detach(), grads))
+    (l0, g0), (l1, g1) = results
+    torch.testing.assert_close(l1, l0, rtol=0, atol=0)
+    for a, b in zip(g0, g1, strict=True):
+        assert a.abs().sum() > 0
+        torch.testing.assert_close(b, a, rtol=0, atol=0)  # the zeros added change no bit
+    with pytest.raises(ValueError, match="no static form"):
+        make_sampler("gumbel-hard", straight_through="sampled").for_arch_step(drawn["normal"], static=True)
+
+
+@pytest.mark.parametrize("arch_first", [False, True])
+def test_hard_sampler_replays_its_architecture_step_only(tmp_path, arch_first):
+    """The default method's sampler under --cuda-graphs (stand-in on the CPU): the weight step stays
+    eager on its sampled path, the architecture step (a fresh sample, every candidate) is captured and
+    replayed; parameters and metric sums are the eager run's to the bit."""
+    opts = {"arch_first": arch_first, "skip_dropout": [0.2] * 3}
+    eager = _searcher(tmp_path, "eager", "progressive", **opts)
+    graphed = _searcher(tmp_path, "graphed", "progressive", **opts)
+    backend = StandIn()
+    graphed.use_graphs(backend=backend)
+    assert graphed.graph_scope == "architecture step"
+    graphed.graphed.WARMUP = 1
+    reads = []
+    real = graphed.net.sample
+
+    def sample(sampler, host_index=True):
+        reads.append(host_index)
+        return real(sampler, host_index)
+
+    graphed.net.sample = sample
+    for epoch in range(2):
+        torch.manual_seed(epoch)
+        a = _epoch(eager, 3, epoch)
+        torch.manual_seed(epoch)
+        b = _epoch(graphed, 3, epoch)
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    sa, sb = _state(eager), _state(graphed)
+    for k in sa:
+        torch.testing.assert_close(sb[k], sa[k], rtol=0, atol=0, msg=k)
+    assert not torch.equal(sa["alpha_normal"], _searcher(tmp_path, "fresh", "progressive").net.alpha_normal)
+    g = graphed.graphed
+    assert (backend.side, g.captures, g.replays, g.failed) == (2, 2, 4, None)
+    # per step: the weight step's sample with its indices read back, the architecture step's without
+    assert reads == [True, False] * 6 if not arch_first else reads == [False, True] * 6
+
+
+def _trainer(tmp_path, name, device="cpu", **extra):
+    from fastnas.infra.rundir import RunDir
+    from fastnas.space.genotype import published
+    from fastnas.train import PRESETS as TRAIN_PRESETS
+    from fastnas.train import TrainConfig, Trainer
+
+    cli = {"genotype": "DARTS_V2", "preset": "smoke", "device": device, "epochs": 3, "max_steps": 3,
+           "plots": False, "export": False, "cutout": 8, "layers": 3, "channels": 4, "workers": 1,
+           "drop_path": 0.3, "batch_size": 16, **extra}
+    cfg = cfglib.build_config(TrainConfig, TRAIN_PRESETS, cli, "darts")
+    torch.manual_seed(0)
+    return Trainer(cfg, RunDir(tmp_path / name).__enter__(), torch.device(device), published("DARTS_V2"))
+
+
+def _train_epochs(t, epochs):
+    rows = []
+    for epoch in range(epochs):
+        torch.manual_seed(10 + epoch)  # augmentation, cutout and drop-path draw from the default generator
+        rows.append(t.train_epoch())
+        t.epoch += 1
+    return rows
+
+
+def test_retraining_steps_replayed_compute_what_eager_steps_compute(tmp_path):
+    """The retraining step under --cuda-graphs (stand-in on the CPU): auxiliary head, drop-path (its rate
+    a buffer the graph reads, 0 in the first epoch), cutout, gradient clipping, SGD with the cosine's
+    new rate each epoch: the same losses, accuracies and weights as eager steps, to the bit."""
+    eager, graphed = _trainer(tmp_path, "eager"), _trainer(tmp_path, "graphed")
+    backend = StandIn()
+    graphed.use_graphs(backend=backend)
+    graphed.graphed.WARMUP = 1
+    a, b = _train_epochs(eager, 3), _train_epochs(graphed, 3)
+    for ra, rb in zip(a, b, strict=True):
+        assert (rb["train_loss"], rb["train_acc"], rb["lr"]) == (ra["train_loss"], ra["train_acc"], ra["lr"])
+    assert a[2]["drop_path"] > 0 and a[0]["lr"] > a[2]["lr"]
+    sa, sb = eager.net.state_dict(), graphed.net.state_dict()
+    for k in sa:
+        torch.testing.assert_close(sb[k], sa[k], rtol=0, atol=0, msg=k)
+    g = graphed.graphed
+    assert (backend.side, g.captures, g.replays, g.failed) == (3, 3, 6, None)
+
+
+def test_retraining_graphs_say_why_not_and_refuse_compile(tmp_path):
+    from fastnas.infra.errors import ConfigError
+    from fastnas.train import PRESETS as TRAIN_PRESETS
+    from fastnas.train import TrainConfig
+    from fastnas.train.trainer import graph_blocker as train_blocker
+
+    t = _trainer(tmp_path, "run", cuda_graphs=True)
+    assert t.graphed is None
+    assert "CUDA graphs: off: the training runs on cpu" in (tmp_path / "run" / "run.log").read_text()
+    cfg = cfglib.build_config(TrainConfig, TRAIN_PRESETS, {"genotype": "DARTS_V2", "amp": "fp16"}, "darts")
+    assert "fp16" in train_blocker(cfg, torch.device("cuda"), 1)
+    with pytest.raises(ConfigError, match="reduce-overhead"):
+        cfglib.build_config(TrainConfig, TRAIN_PRESETS, {"genotype": "DARTS_V2", "cuda_graphs": True,
+                                                         "compile": True}, "darts")
+
+
 def test_new_graph_when_the_batch_shape_or_the_warm_up_flag_changes(tmp_path):
     s = _searcher(tmp_path, "run")
     backend = StandIn()
@@ -133,7 +264,9 @@ def test_a_failed_capture_logs_why_and_loses_no_update(tmp_path):
 
 @pytest.mark.parametrize("overrides,reason", [
     ({}, "not a GPU"),
-    ({"sampler": "gumbel-hard"}, "different path"),
+    ({"preset": "gdas"}, "GDAS' estimator"),
+    ({"preset": "progressive", "arch_resample": False}, "reuses the weight step's sample"),
+    ({"preset": "progressive", "arch_order": 2}, "second order"),
     ({"amp": "fp16"}, "fp16"),
 ])
 def test_what_cannot_be_graphed_says_why(overrides, reason):
@@ -143,6 +276,10 @@ def test_what_cannot_be_graphed_says_why(overrides, reason):
     darts = cfglib.build_config(SearchConfig, PRESETS, {"preset": "darts"}, "progressive")
     assert "processes" in graph_blocker(darts, torch.device("cuda"), 2)
     assert graph_blocker(darts, torch.device("cuda"), 1) is None
+    assert graph_scope(darts) == "iteration"
+    for hard in ({"preset": "progressive"}, {"preset": "progressive", "arch_resample": False, "arch_first": True}):
+        cfg = cfglib.build_config(SearchConfig, PRESETS, hard, "progressive")
+        assert graph_blocker(cfg, torch.device("cuda"), 1) is None and graph_scope(cfg) == "architecture step"
 
 
 def test_cpu_search_logs_that_graphs_are_off(tmp_path):
@@ -153,14 +290,18 @@ def test_cpu_search_logs_that_graphs_are_off(tmp_path):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("preset", ["darts", "pcdarts", "darts2"])
+@pytest.mark.parametrize("preset", ["darts", "pcdarts", "darts2", "progressive"])
 def test_cuda_graph_replay_matches_eager_on_a_gpu(tmp_path, preset):
     """The real capture: parameters after two epochs of replayed steps equal the eager run's (skip
-    dropout off, so both draw nothing; fp32 reductions may reorder, hence the tolerance)."""
+    dropout off; fp32 reductions may reorder, hence the tolerance). progressive: the hard sampler's
+    architecture step replayed, its weight step eager; both draw their samples from the sampler's
+    generator, which the graph advances as eager draws do, so both runs take the same paths."""
     runs = {}
+    stages = 3 if preset == "progressive" else 1
     for mode in ("eager", "graphs"):
         s = tiny_searcher(tmp_path / mode, preset, device="cuda", cells=3, channels=8, batch_size=16, seed=1,
-                          ops_kept=[8], skip_dropout=[0.0], embedded_size=512, cuda_graphs=mode == "graphs")
+                          skip_dropout=[0.0] * stages, embedded_size=512, cuda_graphs=mode == "graphs",
+                          **({} if stages > 1 else {"ops_kept": [8]}))
         sums = []
         for epoch in range(2):
             gens = [torch.Generator("cuda").manual_seed(100 + epoch)]
@@ -175,6 +316,24 @@ def test_cuda_graph_replay_matches_eager_on_a_gpu(tmp_path, preset):
     assert g is not None and g.failed is None and g.captures == 2 and g.replays == 8, (g and g.failed)
     for a, b in zip(runs["eager"][1], runs["graphs"][1], strict=True):
         torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-3)
+    ea, gb = runs["eager"][0].net.state_dict(), runs["graphs"][0].net.state_dict()
+    for k in ea:
+        torch.testing.assert_close(gb[k].float(), ea[k].float(), rtol=1e-3, atol=1e-4, msg=k)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_retraining_matches_eager_on_a_gpu(tmp_path):
+    """The real capture of the retraining step: three epochs (drop-path on from the second) of replayed
+    steps give the eager run's losses and weights within fp32 reordering."""
+    runs = {}
+    for mode in ("eager", "graphs"):
+        t = _trainer(tmp_path, mode, device="cuda", max_steps=6, cuda_graphs=mode == "graphs")
+        runs[mode] = (t, _train_epochs(t, 3))
+    g = runs["graphs"][0].graphed
+    assert g is not None and g.failed is None and g.captures == 3 and g.replays == 12, (g and g.failed)
+    for ra, rb in zip(runs["eager"][1], runs["graphs"][1], strict=True):
+        assert abs(ra["train_loss"] - rb["train_loss"]) < 1e-3 * max(1.0, abs(ra["train_loss"]))
     ea, gb = runs["eager"][0].net.state_dict(), runs["graphs"][0].net.state_dict()
     for k in ea:
         torch.testing.assert_close(gb[k].float(), ea[k].float(), rtol=1e-3, atol=1e-4, msg=k)

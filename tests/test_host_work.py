@@ -9,7 +9,8 @@ steady-state step makes are traced with a TorchDispatchMode, and two kinds must 
 The architecture optimizer's step is left out of the sync count on CPU only: Adam reads its step
 counter there, and on a GPU it runs ``capturable`` (the counter stays on the device), which
 tests/test_sync_free.py checks under ``torch.cuda.set_sync_debug_mode("error")``. The hard Gumbel
-sampler reads its sampled indices once per sample on purpose (only the sampled op runs)."""
+sampler's weight step reads its sampled indices on purpose (only the sampled op runs); its
+architecture step's static form (what ``--cuda-graphs`` replays) reads nothing."""
 
 import collections
 from contextlib import contextmanager
@@ -92,10 +93,12 @@ def _searcher(tmp_path, preset: str, **extra) -> Searcher:
     return tiny_searcher(tmp_path / "run", preset, **extra)
 
 
-def _count_search_step(s: Searcher) -> collections.Counter:
+def _count_search_step(s: Searcher, step=None) -> collections.Counter:
+    """Counts of one steady-state `step(gens, sums)` (default: the searcher's whole iteration)."""
+    step = step or s.step
     gens = [torch.Generator(s.train_data.images.device).manual_seed(0) for _ in s.shards]
     sums = torch.zeros(4)
-    s.step(gens, sums)  # warm-up: optimizer state, caches
+    step(gens, sums)  # warm-up: optimizer state, caches
     mode = CountOps()
     a_step = s.a_opt.step
 
@@ -106,7 +109,7 @@ def _count_search_step(s: Searcher) -> collections.Counter:
     s.a_opt.step = arch_opt_step
     try:
         with mode:
-            s.step(gens, sums)
+            step(gens, sums)
     finally:
         del s.a_opt.step
         s.run_dir.__exit__(None, None, None)
@@ -133,6 +136,20 @@ def test_hard_sampler_step_reads_only_its_sampled_indices(tmp_path):
     # the sampled indices of the weight step's sample, read once (normal and reduce cells together or
     # apart); the architecture step runs every candidate and reads none
     assert 1 <= reads <= 2, summary
+
+
+def test_hard_sampler_static_architecture_step_reads_nothing(tmp_path):
+    """What --cuda-graphs replays for the hard sampler: its architecture step drawing a fresh sample on
+    the device and running every candidate, with no index read back (the weight step keeps its read)."""
+    s = _searcher(tmp_path, "progressive")
+
+    def arch_step(gens, sums):
+        valid = [s.batch(st, g) for st, g in zip(s.valid_streams, gens, strict=True)]
+        s._static_arch_update(None, valid, sums, True)
+
+    counts, reads, summary = _count_search_step(s, arch_step)
+    assert counts[LIFT] == 0 and reads == 0, summary
+    assert counts["aten.convolution"] > 50  # every candidate ran
 
 
 def test_retraining_step_has_no_host_copy_or_read(tmp_path):

@@ -3,9 +3,9 @@ softmax family (darts, pcdarts, drnas, pdarts: their whole iteration is static) 
 under ``torch.cuda.set_sync_debug_mode("error")``, which raises on any synchronizing call (``.item()``,
 ``.tolist()``, a device-to-host copy). CUDA only: skipped without a GPU, run by benchmarks/gpu_check.sh.
 
-The hard Gumbel sampler is not here on purpose: its weight step runs only the sampled op of each edge,
-so the host reads the sampled indices once per sample (two reads per iteration, counted by
-benchmarks/op_count.py)."""
+The hard Gumbel sampler's weight step is not here on purpose: it runs only the sampled op of each
+edge, so the host reads the sampled indices (benchmarks/op_count.py counts them); its architecture
+step's static form, what ``--cuda-graphs`` replays, is."""
 
 import pytest
 import torch
@@ -33,6 +33,22 @@ def test_search_iteration_is_sync_free(tmp_path, preset):
             s.step(gens, sums)
         finally:
             torch.cuda.set_sync_debug_mode("default")
+
+
+def test_hard_sampler_static_architecture_step_is_sync_free(tmp_path):
+    s = tiny_searcher(tmp_path / "run", "progressive", device="cuda", cells=5, channels=16, batch_size=16)
+    with s.run_dir:
+        gens = [torch.Generator(s.train_data.images.device).manual_seed(0) for _ in s.shards]
+        sums = torch.zeros(4, device="cuda")
+        for i in range(3):  # two warm-up steps, then one under the sync check
+            valid = [s.batch(st, g) for st, g in zip(s.valid_streams, gens, strict=True)]
+            torch.cuda.synchronize()
+            if i == 2:
+                torch.cuda.set_sync_debug_mode("error")
+            try:
+                s._static_arch_update(None, valid, sums, True)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
 
 
 def test_retraining_step_is_sync_free(tmp_path):

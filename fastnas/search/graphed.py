@@ -1,44 +1,60 @@
-"""Search iterations replayed as CUDA graphs (``--cuda-graphs``).
+"""Search iterations replayed as CUDA graphs (``--cuda-graphs``): what a search can capture; the
+capture and replay are :class:`fastnas.infra.graphs.StepGraph`'s.
 
 A softmax-family iteration (DARTS, P-DARTS, PC-DARTS, DrNAS) is tens of thousands of operator calls
 (benchmarks/op_count.py), each a kernel launch of a few microseconds on a GPU, while the arithmetic of
-a C=16 supernet at batch 64 is a few milliseconds: the step is bound by launches and Python. Its work
-is static: every candidate op runs every step and nothing in it reads a value back to the host
-(tests/test_host_work.py), so the whole iteration -- sample, weight step, architecture step, both
-optimizer updates, the metric sums -- can be captured once with :class:`torch.cuda.CUDAGraph` and
-replayed with one launch (the "whole network capture" recipe of PyTorch's CUDA-graph notes).
+a C=16 supernet at batch 64 is a few milliseconds. Its work is static: every candidate op runs every
+step and nothing in it reads a value back to the host (tests/test_host_work.py), so the whole
+iteration -- sample, weight step, architecture step, both optimizer updates, the metric sums -- is
+captured once per epoch (learning rates, temperature and skip dropout change at epoch boundaries) and
+replayed with one launch; the batch is drawn eagerly (indexing, crops, flips on the device) and copied
+into the graph's inputs. Skip dropout draws from the default generator, DrNAS' Dirichlet and the soft
+Gumbel noise from the sampler's generator, registered with the graph.
 
-What a graph bakes in as a constant must not change while it is replayed: the learning rates, the
-temperature and the skip-dropout rate change at epoch boundaries only, so the searcher calls
-:meth:`StepGraph.reset` at the start of every epoch and the graph is captured afresh (after
-``WARMUP`` eager iterations on a side stream: allocations, cuDNN's algorithm choice, optimizer state).
-The batch changes every step: it is drawn eagerly (indexing, crops, flips on the device) and copied
-into the graph's static inputs before each replay. Random draws inside the graph (skip dropout from
-the default generator; DrNAS' Dirichlet and the soft Gumbel noise from the sampler's generator,
-registered with the graph) advance on every replay as they do eagerly.
+The hard Gumbel sampler's weight step runs only the sampled op of each edge, a different set of ops
+every step, so it stays eager (and reads the sampled indices back: the host picks the ops). Its
+architecture step is graphed on its own (scope ``architecture step``) when it draws its own sample
+(a fresh one, GDAS' ``arch_resample``, or the architecture first) and scores every candidate
+(``straight_through="all"``): in its static form every candidate runs under autograd weighted by the
+one-hot, the same value and architecture gradient as the eager step
+(:meth:`fastnas.space.sampler.GumbelHardSampler.for_arch_step`), with more arithmetic (the backward
+through the unsampled candidates is zeros) and no dependence on the draw. GDAS' own estimator
+(``straight_through="sampled"``) runs only the sampled op in both steps and is not graphed.
 
-Not graphed, with the reason logged once: the hard Gumbel sampler (its weight step runs only the
-sampled op, so the graph would change every step), fp16 (the loss scaler reads its inf check back),
-several processes (DDP's gradient buckets), a CPU run. A capture that fails falls back to eager steps
-for the rest of the run, with the error in the log; the failed capture ran nothing, so the step it was
-meant for is taken eagerly and no update is lost.
+Not graphed, with the reason logged once: fp16 (the loss scaler reads its inf check back), several
+processes (DDP's gradient buckets), a CPU run, and the hard sampler's cases above.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
-Batches = list[tuple[torch.Tensor, torch.Tensor]]
+from fastnas.infra.graphs import CudaGraphs, StepGraph
+
+__all__ = ["ARCH_STEP", "ITERATION", "CudaGraphs", "StepGraph", "graph_blocker", "graph_scope"]
+
+ITERATION, ARCH_STEP = "iteration", "architecture step"
+
+
+def graph_scope(cfg) -> str:
+    """What one replay covers: the whole ``iteration`` (soft samplers), or the ``architecture step``
+    alone (the hard sampler: its weight step runs a different path every step)."""
+    return ARCH_STEP if cfg.sampler == "gumbel-hard" else ITERATION
 
 
 def graph_blocker(cfg, device: torch.device, world_size: int) -> str | None:
     """Why a search with `cfg` cannot replay its iterations as CUDA graphs here (None: it can)."""
     if device.type != "cuda":
         return f"the search runs on {device.type}, not a GPU"
-    if cfg.sampler == "gumbel-hard":
-        return "the hard Gumbel sampler runs a different path every step"
+    if cfg.sampler == "gumbel-hard" and cfg.straight_through == "sampled":
+        return ("the hard Gumbel sampler with GDAS' estimator (straight_through sampled) runs a different path "
+                "in every step, the architecture step's included")
+    if cfg.sampler == "gumbel-hard" and not (cfg.arch_resample or cfg.arch_first):
+        return ("the hard Gumbel sampler's architecture step reuses the weight step's sample (no arch_resample): "
+                "a graph cannot take that sample's autograd history as an input")
+    if cfg.sampler == "gumbel-hard" and cfg.arch_order == 2:
+        return ("the hard Gumbel sampler with DARTS' second order: the unrolled step reads the weight optimizer's "
+                "momentum buffers, which the eager weight step creates as each op is first sampled")
     if cfg.amp == "fp16":
         return "fp16's loss scaler reads its inf check back to the host every step"
     if world_size > 1:
@@ -46,99 +62,3 @@ def graph_blocker(cfg, device: torch.device, world_size: int) -> str | None:
     if not hasattr(torch.cuda, "CUDAGraph"):
         return f"torch {torch.__version__} has no torch.cuda.CUDAGraph"
     return None
-
-
-def _copy_into(static: Batches, batches: Batches) -> None:
-    for (xs, ys), (x, y) in zip(static, batches, strict=True):
-        xs.copy_(x, non_blocking=True)
-        ys.copy_(y, non_blocking=True)
-
-
-def _shapes(batches: Batches | None) -> tuple:
-    return () if batches is None else tuple((tuple(x.shape), x.stride(), tuple(y.shape)) for x, y in batches)
-
-
-class CudaGraphs:
-    """How :class:`StepGraph` warms up, captures and waits on a GPU (torch.cuda). A test stands in an
-    object with the same three methods to run the bookkeeping on a CPU."""
-
-    def side_stream(self, fn: Callable[[], None]) -> None:
-        # PyTorch's CUDA-graph notes: warm up on a side stream, as the capture will run on one
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            fn()
-        torch.cuda.current_stream().wait_stream(stream)
-
-    def capture(self, fn: Callable[[], None], generators) -> torch.cuda.CUDAGraph:
-        graph = torch.cuda.CUDAGraph()
-        for g in generators:  # the sampler's own generator advances on every replay
-            graph.register_generator_state(g)
-        torch.cuda.synchronize()
-        with torch.cuda.graph(graph):
-            fn()
-        return graph
-
-    def synchronize(self) -> None:
-        torch.cuda.synchronize()
-
-
-class StepGraph:
-    """Runs ``iterate(train_batches, valid_batches, sums, arch)`` -- one search iteration on batches
-    already drawn -- eagerly for ``WARMUP`` steps after each :meth:`reset`, then captures it once and
-    replays it for every later step with the same batch shapes, `arch` flag and `sums` tensor."""
-
-    WARMUP = 2
-
-    def __init__(self, iterate: Callable, generators=(), log: Callable[[str], None] = print, backend=None):
-        self.iterate = iterate
-        self.generators = [g for g in generators if g is not None and g.device.type == "cuda"]
-        self.log = log
-        self.backend = backend if backend is not None else CudaGraphs()
-        self.failed: str | None = None  # the capture error that turned graphs off for this run
-        self.captures = self.replays = 0
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget the graph: what it baked in (learning rate, temperature, skip dropout, the epoch's
-        metric sums) is about to change."""
-        self.graph = None
-        self.static: tuple[Batches, Batches | None] | None = None
-        self.key = None
-        self.warm = 0
-
-    def __call__(self, train_batches: Batches, valid_batches: Batches | None, sums: torch.Tensor, arch: bool) -> None:
-        if self.failed is not None:
-            self.iterate(train_batches, valid_batches, sums, arch)
-            return
-        key = (arch, _shapes(train_batches), _shapes(valid_batches), sums.data_ptr())
-        if key != self.key:
-            self.reset()
-            self.key = key
-        if self.graph is not None:
-            _copy_into(self.static[0], train_batches)
-            if valid_batches is not None:
-                _copy_into(self.static[1], valid_batches)
-            self.graph.replay()
-            self.replays += 1
-            return
-        if self.warm < self.WARMUP:
-            self.backend.side_stream(lambda: self.iterate(train_batches, valid_batches, sums, arch))
-            self.warm += 1
-            return
-        static_train = [(x.clone(), y.clone()) for x, y in train_batches]
-        static_valid = None if valid_batches is None else [(x.clone(), y.clone()) for x, y in valid_batches]
-        try:
-            graph = self.backend.capture(lambda: self.iterate(static_train, static_valid, sums, arch), self.generators)
-        except Exception as exc:  # noqa: BLE001 -- any capture error: say why, go on eagerly
-            text = str(exc).strip()
-            self.failed = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
-            self.reset()
-            self.log(f"warning: CUDA graph capture failed, the search goes on with eager steps ({self.failed})")
-            self.backend.synchronize()
-            self.iterate(train_batches, valid_batches, sums, arch)  # the failed capture ran nothing
-            return
-        self.graph, self.static = graph, (static_train, static_valid)
-        self.captures += 1
-        self.graph.replay()  # the capture ran nothing: this step's update happens here
-        self.replays += 1

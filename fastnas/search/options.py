@@ -154,7 +154,8 @@ class SearchOutputs:
                              "computes what N processes compute", ge=1)
     cuda_graphs: bool = opt(False, "replay each search iteration as one CUDA graph, captured once per epoch, where "
                                    "the iteration is static (softmax, dirichlet, gumbel-soft samplers; one process; "
-                                   "no fp16); elsewhere the log says why it runs eagerly")
+                                   "no fp16); gumbel-hard: its architecture step alone (straight_through all), the "
+                                   "weight step eager; elsewhere the log says why it runs eagerly")
 
 
 # The method mechanisms the searcher asks for supernet arguments and architecture-loss terms.

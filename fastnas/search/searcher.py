@@ -32,7 +32,7 @@ from fastnas.infra.rundir import CHECKPOINT_VERSION, RunDir
 from fastnas.infra.runtime import AMP_DTYPES, amp_context, rng_state, set_rng_state
 from fastnas.search.arch_grad import ArchStep
 from fastnas.search.budget import make_budget_term
-from fastnas.search.graphed import StepGraph, graph_blocker
+from fastnas.search.graphed import ARCH_STEP, ITERATION, StepGraph, graph_blocker, graph_scope
 from fastnas.search.options import MECHANISMS, SearchConfig
 from fastnas.search.results import evaluate_derived, mean_op_probabilities
 from fastnas.space.derive import cell_stats, derive_genotype, edge_scores, prune_primitives
@@ -93,13 +93,22 @@ class Searcher:
         for mechanism in MECHANISMS:
             self.arch_terms += mechanism.arch_terms(cfg)
         self.arch_gradient = cfg.arch_gradient()
-        # --cuda-graphs: each static iteration replayed as one CUDA graph, captured once per epoch
-        self.graphed = None
+        # --cuda-graphs: each static iteration (or the hard sampler's architecture step) replayed as one
+        # CUDA graph, captured once per epoch
+        self.graphed, self.graph_scope = None, None
         if cfg.cuda_graphs:
             blocker = graph_blocker(cfg, device, world_size)
             if blocker is None:
-                self.graphed = StepGraph(self.iterate, [self.sampler_generator], log=run.log)
-            run.log(f"CUDA graphs: {'on (one capture per epoch)' if blocker is None else 'off: ' + blocker}")
+                self.use_graphs()
+            run.log(f"CUDA graphs: on for the {self.graph_scope} (one capture per epoch)" if blocker is None
+                    else f"CUDA graphs: off: {blocker}")
+
+    def use_graphs(self, backend=None) -> None:
+        """Replay the iteration, or the hard sampler's architecture step, as a CUDA graph (`backend`: a
+        stand-in for torch.cuda's graphs, in tests)."""
+        self.graph_scope = graph_scope(self.cfg)
+        fn = self.iterate if self.graph_scope == ITERATION else self._static_arch_update
+        self.graphed = StepGraph(fn, [self.sampler_generator], log=self.run_dir.log, backend=backend)
 
     # ----------------------------------------------------------------- building
     def build_stage(self, stage: int) -> None:
@@ -233,7 +242,10 @@ class Searcher:
         graph with ``--cuda-graphs`` where the iteration is static (:mod:`fastnas.search.graphed`)."""
         train_batches = [self.batch(st, g) for st, g in zip(self.train_streams, gens, strict=True)]
         valid_batches = [self.batch(st, g) for st, g in zip(self.valid_streams, gens, strict=True)] if arch else None
-        (self.graphed or self.iterate)(train_batches, valid_batches, sums, arch)
+        if self.graph_scope == ARCH_STEP:
+            self._iterate_split(train_batches, valid_batches, sums, arch)
+        else:
+            (self.graphed or self.iterate)(train_batches, valid_batches, sums, arch)
         n_valid = sum(y.shape[0] for _, y in valid_batches) if arch else 0
         return sum(y.shape[0] for _, y in train_batches), n_valid
 
@@ -251,6 +263,27 @@ class Searcher:
         if self.cfg.arch_resample:  # GDAS: a fresh architecture for every forward pass
             samples = self.net.sample(self.sampler)
         self._arch_update(samples, valid_batches, train_batches, sums)
+
+    def _iterate_split(self, train_batches, valid_batches, sums, arch: bool) -> None:
+        """:meth:`iterate` for the hard sampler under ``--cuda-graphs``: the weight step eagerly on its
+        sample (its ops depend on the draw), the architecture step replayed (it draws its own sample:
+        a fresh one, or the architecture first; :func:`fastnas.search.graphed.graph_blocker`)."""
+        if arch and self.cfg.arch_first:
+            self.graphed(train_batches, valid_batches, sums, True)
+            self._weight_update(self.net.sample(self.sampler), train_batches, sums)
+            return
+        self._weight_update(self.net.sample(self.sampler), train_batches, sums)
+        if arch:
+            self.graphed(train_batches, valid_batches, sums, True)
+
+    def _static_arch_update(self, train_batches, valid_batches, sums, arch: bool) -> None:
+        """The hard sampler's architecture step in its static form: a fresh sample drawn on the device
+        (no index read back), every candidate run (``for_arch_step(static=True)``): what a graph replays."""
+        samples = self.net.sample(self.sampler, host_index=False)
+        samples = {cell: self.sampler.for_arch_step(s, static=True) for cell, s in samples.items()}
+        loss, correct = self.arch_step(samples, valid_batches, train_batches)
+        sums[2] += loss
+        sums[3] += correct
 
     def _weight_update(self, samples, train_batches, sums) -> None:
         loss, correct = self.weight_step(samples, train_batches)

@@ -17,7 +17,9 @@ dirichlet      w ~ Dirichlet(elu(alpha) + 1), reparameterized (DrNAS; no tempera
    so they cost a forward pass and keep only their outputs. ``straight_through="sampled"`` is GDAS'
    shortcut: only the sampled op runs, and every other weight gets the upstream gradient's sum, which
    says nothing about the op it stands for (it cannot tell a convolution from noise in the
-   known-answer space {sep_conv_3x3, noise}; benchmarks/README.md).
+   known-answer space {sep_conv_3x3, noise}; benchmarks/README.md). Under ``--cuda-graphs`` the
+   architecture step takes the static form of ``"all"`` (``for_arch_step(static=True)``): the same
+   value and gradient, every candidate under autograd, so the ops run do not depend on the sample.
 
 The Gumbel samplers follow a :class:`TemperatureSchedule` (linear 10 -> 0.1 by default, as GDAS);
 softmax uses tau = 1 (DARTS, P-DARTS) unless a temperature is asked for, and Dirichlet takes none
@@ -77,8 +79,10 @@ class Sampler:
     def __call__(self, alpha: Tensor) -> Sample:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def for_arch_step(self, sample: Sample) -> Sample:
-        """The sample as the architecture step differentiates it (the weight step uses it as drawn)."""
+    def for_arch_step(self, sample: Sample, static: bool = False) -> Sample:
+        """The sample as the architecture step differentiates it (the weight step uses it as drawn).
+        `static`: the same value and gradient with the ops run not depending on the draw (a CUDA graph
+        replays one set of ops); soft samplers are static already."""
         return sample
 
     def expected_probabilities(self, alpha: Tensor) -> Tensor:
@@ -117,9 +121,18 @@ class GumbelHardSampler(Sampler):
         w, index = ops.gumbel_softmax(alpha, self.tau, True, generator=self.generator)
         return Sample(w, index, hard=True)
 
-    def for_arch_step(self, sample: Sample) -> Sample:
+    def for_arch_step(self, sample: Sample, static: bool = False) -> Sample:
+        """``straight_through="all"``: every candidate also runs (``score_all``). With `static` every
+        candidate runs under autograd, as a soft sample weighted by the one-hot: the forward value and
+        every ``dL/dw_k = <dL/dy, op_k(x)>`` are score_all's, and what flows back through an unsampled
+        candidate is its weight 0 times the upstream gradient, exactly zero, so the architecture
+        gradient is the same; the ops run no longer depend on the sample (``--cuda-graphs``)."""
         if self.straight_through == "sampled":
+            if static:
+                raise ValueError("straight_through='sampled' runs only the sampled op: it has no static form")
             return sample
+        if static:
+            return Sample(sample.weights, sample.index)
         return dataclasses.replace(sample, score_all=True)
 
     def __repr__(self) -> str:

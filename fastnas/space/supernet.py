@@ -284,10 +284,12 @@ class SuperNet(nn.Module):
                 m.skip_dropout = float(p)
 
     # ----------------------------------------------------------------- forward
-    def sample(self, sampler: Sampler) -> dict[str, Sample]:
-        """Draw per-edge weights for both cell types (one host transfer for hard samples)."""
+    def sample(self, sampler: Sampler, host_index: bool = True) -> dict[str, Sample]:
+        """Draw per-edge weights for both cell types. A hard sample's indices are copied to the host
+        (one transfer, a sync on a GPU: the forward picks its ops from them) unless `host_index` is off
+        (a static architecture step runs every candidate)."""
         samples = {cell: sampler(alpha) for cell, alpha in self.named_arch_parameters().items()}
-        if sampler.hard:
+        if sampler.hard and host_index:
             both = torch.cat([samples["normal"].index, samples["reduce"].index]).tolist()
             E = self.alpha_normal.shape[0]
             samples["normal"].index_list, samples["reduce"].index_list = both[:E], both[E:]

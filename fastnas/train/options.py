@@ -31,6 +31,9 @@ class TrainConfig(SGDOptions, RunOptions):
                                        "kernels as CUDA graphs (on a GPU; the CPU compiles it as default), "
                                        "max-autotune also tunes the kernels", choices=["default", "reduce-overhead",
                                                                                      "max-autotune"])
+    cuda_graphs: bool = opt(False, "replay each training step as one CUDA graph, captured once per epoch (on a "
+                                   "GPU, one process, no fp16; elsewhere the log says why it runs eagerly); "
+                                   "instead of --compile-mode reduce-overhead, without compiling")
     pin_memory: bool = opt(True, "pinned host memory for batches copied to a GPU")
     export: bool = opt(True, "export the final model (safetensors or state dict, and torch.export)")
     sync_bn: bool = opt(False, "SyncBatchNorm across processes (GPU runs under torchrun)")
@@ -43,6 +46,9 @@ class TrainConfig(SGDOptions, RunOptions):
     def check(self) -> None:
         if self.compile_mode != "default" and not self.compile:
             raise ConfigError(f"--compile-mode {self.compile_mode} needs --compile")
+        if self.cuda_graphs and self.compile:
+            raise ConfigError("--cuda-graphs captures the eager step; with --compile use --compile-mode "
+                              "reduce-overhead (the compiled step's own CUDA graphs) instead")
         if not self.genotype:
             raise ConfigError("--genotype is required (a published name, genotype.json, run dir or DARTS string)")
         if self.auxiliary and self.layers < 2:

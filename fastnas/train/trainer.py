@@ -19,6 +19,7 @@ from fastnas.infra import config as cfglib
 from fastnas.infra import distributed
 from fastnas.infra.console import progress_bar
 from fastnas.infra.errors import RunError
+from fastnas.infra.graphs import StepGraph
 from fastnas.infra.rundir import CHECKPOINT_VERSION, RunDir
 from fastnas.infra.runtime import AMP_DTYPES, amp_context, rng_state, set_rng_state
 from fastnas.space.genotype import Genotype
@@ -59,9 +60,24 @@ class Trainer:
         self.epoch = 0
         self.best = {"test_acc": -1.0, "epoch": 0}
         self.elapsed = 0.0
+        # --cuda-graphs: the step (forward, both losses, backward, clip, SGD, sums) replayed as one CUDA
+        # graph, captured once per epoch (the learning rate is the graph's constant; drop-path's rate a
+        # buffer it reads); the batch is drawn eagerly and copied into the graph's inputs
+        self.graphed = None
+        if cfg.cuda_graphs:
+            blocker = graph_blocker(cfg, device, world_size)
+            if blocker is None:
+                self.use_graphs()
+            run.log("CUDA graphs: on for the training step (one capture per epoch)" if blocker is None
+                    else f"CUDA graphs: off: {blocker}")
+
+    def use_graphs(self, backend=None) -> None:
+        """Replay the training step as a CUDA graph (`backend`: a stand-in for torch.cuda's, in tests)."""
+        self.graphed = StepGraph(self.iterate, log=self.run_dir.log, backend=backend)
 
     def autocast(self):
-        return amp_context(self.device, self.amp_dtype)
+        # autocast's cast cache must be off where a CUDA graph captures the step (PyTorch's graph notes)
+        return amp_context(self.device, self.amp_dtype, cache_enabled=self.graphed is None)
 
     def to_device(self, images, labels):
         if self.device.type == "cuda" and self.cfg.pin_memory and images.device.type == "cpu":
@@ -69,12 +85,21 @@ class Trainer:
         return images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
     def step(self, sums: torch.Tensor) -> None:
-        """One training step on the next batch; adds loss * n, correct and n to `sums` on the device."""
+        """One training step on the next batch; adds loss * n, correct and n to `sums` on the device. The
+        batch is drawn first (augmentation and cutout on the batch's device), then :meth:`iterate`
+        runs, replayed as a CUDA graph with ``--cuda-graphs``."""
         cfg = self.cfg
         images, labels = self.to_device(*self.stream.next())
         x = normalize(augment(images), self.train_data.mean, self.train_data.std,
                       memory_format=self.memory_format)
         x = cutout(x, cfg.cutout)
+        (self.graphed or self.iterate)([(x, labels)], None, sums, True)
+
+    def iterate(self, batches, _valid, sums: torch.Tensor, _arch: bool = True) -> None:
+        """The step on a batch already drawn (:class:`fastnas.infra.graphs.StepGraph`'s signature):
+        nothing in it reads a value back to the host (tests/test_host_work.py)."""
+        cfg = self.cfg
+        ((x, labels),) = batches
         with self.autocast():
             logits, aux = self.forward(x)
             loss = F.cross_entropy(logits.float(), labels)
@@ -101,6 +126,8 @@ class Trainer:
         if cfg.max_steps:
             steps = min(steps, cfg.max_steps)
         sums = torch.zeros(3, device=self.device)  # loss * n, correct, n
+        if self.graphed is not None:  # this epoch's learning rate and sums: a new graph
+            self.graphed.reset()
         bar = progress_bar(steps, f"epoch {self.epoch + 1}/{cfg.epochs}", enabled=self.rank == 0)
         t0 = time.perf_counter()
         for _ in range(steps):
@@ -182,6 +209,19 @@ class Trainer:
             run_bar.update(1)
             last = row
         return last
+
+
+def graph_blocker(cfg: TrainConfig, device: torch.device, world_size: int) -> str | None:
+    """Why a retraining with `cfg` cannot replay its steps as CUDA graphs here (None: it can)."""
+    if device.type != "cuda":
+        return f"the training runs on {device.type}, not a GPU"
+    if cfg.amp == "fp16":
+        return "fp16's loss scaler reads its inf check back to the host every step"
+    if world_size > 1:
+        return "several processes (DDP's gradient buckets are not captured)"
+    if not hasattr(torch.cuda, "CUDAGraph"):
+        return f"torch {torch.__version__} has no torch.cuda.CUDAGraph"
+    return None
 
 
 @torch.no_grad()
