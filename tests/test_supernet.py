@@ -93,6 +93,54 @@ def test_gumbel_hard_runs_one_op_per_edge_and_its_alphas_get_gradient():
                 assert (a.grad[e] != 0).all(), (cell, e, a.grad[e])
 
 
+@pytest.mark.parametrize("edge_norm", [False, True])
+def test_hard_cells_sum_each_node_in_one_fused_call(edge_norm, monkeypatch):
+    """A hard sample (GDAS' form) sums each node's sampled edges with one weighted_sum instead of a
+    multiply and an add per edge: the value is the per-edge form's (to the bit without edge
+    normalization: the hard weights are exactly 1), and so are the gradients, up to summation order."""
+    from fastnas.space.supernet import SearchCell
+
+    torch.manual_seed(0)
+    net = SuperNet(channels=4, layers=3, num_classes=10, edge_norm=edge_norm).train()
+    x, y = torch.randn(6, 3, 16, 16), torch.randint(0, 10, (6,))
+    fused_calls = []
+    real = ops.weighted_sum
+    monkeypatch.setattr(ops, "weighted_sum", lambda w, xs: fused_calls.append(len(xs)) or real(w, xs))
+    results = []
+    for fuse in (True, False):
+        if not fuse:
+            monkeypatch.setattr(SearchCell, "_fuses", lambda self, sample: False)
+        samples = net.sample(make_sampler("gumbel-hard", tau=0.7, generator=torch.Generator().manual_seed(1)))
+        logits = net(x, samples)
+        grads = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, y),
+                                    net.arch_parameters() + net.weight_parameters(), allow_unused=True)
+        results.append((logits.detach(), grads))
+    assert fused_calls == [2, 3, 4, 5] * net.layers  # one call per node, on the fused pass only
+    (lf, gf), (le, ge) = results
+    assert_close(lf, le, rtol=0, atol=0) if not edge_norm else assert_close(lf, le)
+    for a, b in zip(gf, ge, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_hard_cells_keep_the_per_edge_form_where_it_differs():
+    """Partial channels (the weight scales only the op's share of the channels), score_all (every
+    candidate runs) and derived samples (dropped edges) keep the per-edge form."""
+    from fastnas.space.sampler import Sample
+
+    net = SuperNet(channels=4, layers=3, num_classes=10, partial_channels=2)
+    hard = net.sample(make_sampler("gumbel-hard"))
+    assert not net.cells[0]._fuses(hard["normal"])
+    full = SuperNet(channels=4, layers=3, num_classes=10)
+    s = full.sample(make_sampler("gumbel-hard"))["normal"]
+    assert full.cells[0]._fuses(s)
+    assert not full.cells[0]._fuses(Sample(s.weights, s.index, True, s.index_list, score_all=True))
+    dropped = list(s.index_list)
+    dropped[3] = -1
+    assert not full.cells[0]._fuses(Sample(s.weights, s.index, True, dropped))
+
+
 def manual_forward(net, x, w_normal, w_reduce):
     """The DARTS supernet written out independently: per edge sum(w_k * op_k(h)), per node the sum
     of all incoming edges."""
