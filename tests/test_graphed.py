@@ -58,21 +58,28 @@ def _state(s):
     return {k: v.detach().clone() for k, v in s.net.state_dict().items()}
 
 
+def _same_epochs(eager, graphed, epochs=2, steps=3):
+    """`epochs` epochs of each searcher from the same global seeds: the metric sums and every parameter
+    and buffer equal to the bit."""
+    for epoch in range(epochs):
+        torch.manual_seed(epoch)
+        a = _epoch(eager, steps, epoch)
+        torch.manual_seed(epoch)
+        b = _epoch(graphed, steps, epoch)
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    sa, sb = _state(eager), _state(graphed)
+    for k in sa:
+        torch.testing.assert_close(sb[k], sa[k], rtol=0, atol=0, msg=k)
+    return sa
+
+
 @pytest.mark.parametrize("preset", ["darts", "drnas"])
 def test_replayed_steps_compute_what_eager_steps_compute(tmp_path, preset):
     eager, graphed = _searcher(tmp_path, "eager", preset), _searcher(tmp_path, "graphed", preset)
     backend = StandIn()
     graphed.graphed = StepGraph(graphed.iterate, log=lambda m: None, backend=backend)
     graphed.graphed.WARMUP = 1  # (2 on a GPU) one eager step, the capture, one replay: the same bookkeeping
-    for epoch in range(2):
-        torch.manual_seed(epoch)
-        a = _epoch(eager, 3, epoch)
-        torch.manual_seed(epoch)
-        b = _epoch(graphed, 3, epoch)
-        torch.testing.assert_close(b, a, rtol=0, atol=0)
-    sa, sb = _state(eager), _state(graphed)
-    for k in sa:
-        torch.testing.assert_close(sb[k], sa[k], rtol=0, atol=0, msg=k)
+    _same_epochs(eager, graphed)
     # per epoch: 1 warm-up step on the side stream, one capture, 2 replays (the capture's own step included)
     g = graphed.graphed
     assert (backend.side, g.captures, g.replays, g.failed) == (2, 2, 4, None)
@@ -136,15 +143,7 @@ def test_hard_sampler_replays_its_architecture_step_only(tmp_path, arch_first):
         return real(sampler, host_index)
 
     graphed.net.sample = sample
-    for epoch in range(2):
-        torch.manual_seed(epoch)
-        a = _epoch(eager, 3, epoch)
-        torch.manual_seed(epoch)
-        b = _epoch(graphed, 3, epoch)
-        torch.testing.assert_close(b, a, rtol=0, atol=0)
-    sa, sb = _state(eager), _state(graphed)
-    for k in sa:
-        torch.testing.assert_close(sb[k], sa[k], rtol=0, atol=0, msg=k)
+    sa = _same_epochs(eager, graphed)
     assert not torch.equal(sa["alpha_normal"], _searcher(tmp_path, "fresh", "progressive").net.alpha_normal)
     g = graphed.graphed
     assert (backend.side, g.captures, g.replays, g.failed) == (2, 2, 4, None)

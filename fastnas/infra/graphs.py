@@ -26,6 +26,20 @@ import torch
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
 
+def runtime_blocker(device: torch.device, amp: str, world_size: int, run: str) -> str | None:
+    """Why a `run` ("search", "training") on `device` cannot replay its steps as CUDA graphs, whatever
+    the step computes (None: it can)."""
+    if device.type != "cuda":
+        return f"the {run} runs on {device.type}, not a GPU"
+    if amp == "fp16":
+        return "fp16's loss scaler reads its inf check back to the host every step"
+    if world_size > 1:
+        return "several processes (DDP's gradient buckets are not captured)"
+    if not hasattr(torch.cuda, "CUDAGraph"):
+        return f"torch {torch.__version__} has no torch.cuda.CUDAGraph"
+    return None
+
+
 def _copy_into(static: Batches, batches: Batches) -> None:
     for (xs, ys), (x, y) in zip(static, batches, strict=True):
         xs.copy_(x, non_blocking=True)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from fastnas.infra.graphs import CudaGraphs, StepGraph
+from fastnas.infra.graphs import CudaGraphs, StepGraph, runtime_blocker
 
 __all__ = ["ARCH_STEP", "ITERATION", "CudaGraphs", "StepGraph", "graph_blocker", "graph_scope"]
 
@@ -44,21 +44,14 @@ def graph_scope(cfg) -> str:
 
 def graph_blocker(cfg, device: torch.device, world_size: int) -> str | None:
     """Why a search with `cfg` cannot replay its iterations as CUDA graphs here (None: it can)."""
-    if device.type != "cuda":
-        return f"the search runs on {device.type}, not a GPU"
-    if cfg.sampler == "gumbel-hard" and cfg.straight_through == "sampled":
-        return ("the hard Gumbel sampler with GDAS' estimator (straight_through sampled) runs a different path "
-                "in every step, the architecture step's included")
-    if cfg.sampler == "gumbel-hard" and not (cfg.arch_resample or cfg.arch_first):
-        return ("the hard Gumbel sampler's architecture step reuses the weight step's sample (no arch_resample): "
-                "a graph cannot take that sample's autograd history as an input")
-    if cfg.sampler == "gumbel-hard" and cfg.arch_order == 2:
-        return ("the hard Gumbel sampler with DARTS' second order: the unrolled step reads the weight optimizer's "
-                "momentum buffers, which the eager weight step creates as each op is first sampled")
-    if cfg.amp == "fp16":
-        return "fp16's loss scaler reads its inf check back to the host every step"
-    if world_size > 1:
-        return "several processes (DDP's gradient buckets are not captured)"
-    if not hasattr(torch.cuda, "CUDAGraph"):
-        return f"torch {torch.__version__} has no torch.cuda.CUDAGraph"
-    return None
+    if device.type == "cuda" and cfg.sampler == "gumbel-hard":
+        if cfg.straight_through == "sampled":
+            return ("the hard Gumbel sampler with GDAS' estimator (straight_through sampled) runs a different "
+                    "path in every step, the architecture step's included")
+        if not (cfg.arch_resample or cfg.arch_first):
+            return ("the hard Gumbel sampler's architecture step reuses the weight step's sample (no "
+                    "arch_resample): a graph cannot take that sample's autograd history as an input")
+        if cfg.arch_order == 2:
+            return ("the hard Gumbel sampler with DARTS' second order: the unrolled step reads the weight "
+                    "optimizer's momentum buffers, which the eager weight step creates as each op is first sampled")
+    return runtime_blocker(device, cfg.amp, world_size, "search")

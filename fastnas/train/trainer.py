@@ -19,7 +19,7 @@ from fastnas.infra import config as cfglib
 from fastnas.infra import distributed
 from fastnas.infra.console import progress_bar
 from fastnas.infra.errors import RunError
-from fastnas.infra.graphs import StepGraph
+from fastnas.infra.graphs import StepGraph, runtime_blocker
 from fastnas.infra.rundir import CHECKPOINT_VERSION, RunDir
 from fastnas.infra.runtime import AMP_DTYPES, amp_context, rng_state, set_rng_state
 from fastnas.space.genotype import Genotype
@@ -214,16 +214,9 @@ class Trainer:
 
 
 def graph_blocker(cfg: TrainConfig, device: torch.device, world_size: int) -> str | None:
-    """Why a retraining with `cfg` cannot replay its steps as CUDA graphs here (None: it can)."""
-    if device.type != "cuda":
-        return f"the training runs on {device.type}, not a GPU"
-    if cfg.amp == "fp16":
-        return "fp16's loss scaler reads its inf check back to the host every step"
-    if world_size > 1:
-        return "several processes (DDP's gradient buckets are not captured)"
-    if not hasattr(torch.cuda, "CUDAGraph"):
-        return f"torch {torch.__version__} has no torch.cuda.CUDAGraph"
-    return None
+    """Why a retraining with `cfg` cannot replay its steps as CUDA graphs here (None: it can): the
+    step itself is always static."""
+    return runtime_blocker(device, cfg.amp, world_size, "training")
 
 
 @torch.no_grad()
