@@ -6,9 +6,13 @@
 # bandwidth), the retraining throughput, one iteration per method preset, one full search epoch of the
 # default preset's three stages on CIFAR-10-sized data, and prints short tables last. Full results go to
 # OUTDIR (default benchmarks/results/gpu).
-# Meant to finish in about 8 minutes on an H200 (a 15-minute device lease must fit a rerun): every step
-# has its own time limit, and the CPU-only tests are left to CI (they ran there); here run the tests that
-# touch the CUDA kernels, i.e. every `cuda`-marked case plus the op and build tests in full.
+# Meant to finish in about 9 minutes on an H200 (not yet timed whole there): every step has its own time
+# limit, and the CPU-only tests are left to CI (they ran there); here run the tests that touch the CUDA
+# kernels, i.e. every `cuda`-marked case plus the op and build tests in full. A device call may run 10
+# minutes at most, so it can be split in two calls over one OUTDIR; targets.json is written at the end of
+# each from every result file OUTDIR holds (bring the first call's files back into OUTDIR for the second):
+#   GPU_CHECK_STEPS="tests ops train" benchmarks/gpu_check.sh OUT
+#   GPU_CHECK_STEPS="method graphs search" benchmarks/gpu_check.sh OUT
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-benchmarks/results/gpu}
@@ -169,6 +173,14 @@ def stage_epoch_s(s):
     except (OSError, ValueError, KeyError, IndexError):
         return None
 epochs = [stage_epoch_s(s) for s in (1, 2, 3)]
+def sync_free_result():  # this call's test, or an earlier call's log in the same OUTDIR
+    if sync_free != "null":
+        return sync_free == "true"
+    try:
+        last = (out / "sync_free.log").read_text().strip().splitlines()[-1]
+    except (OSError, IndexError):
+        return None
+    return "passed" in last and "failed" not in last and "error" not in last
 def graphs_in_log(s):  # the stage's "CUDA graphs: ..." line, and a capture failure if there was one
     try:
         text = (out / f"search_stage{s}.log").read_text()
@@ -190,7 +202,7 @@ targets = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() e
            "retrain_600_epochs_h": round(600 * 50000 / best["images_per_s"] / 3600, 2) if best else None,
            "search_stage_epoch_s": epochs, "search_total_min": total, "softmax_family_speedup": speedup or None,
            "darts2_speedup": round(method["darts2"] / BEFORE["darts2"], 2) if "darts2" in method else None,
-           "sync_free": None if sync_free == "null" else sync_free == "true",
+           "sync_free": sync_free_result(),
            "search_stage_graphs": [graphs_in_log(s) for s in (1, 2, 3)],
            # which mode gave each search rate above, and the graphs' gain over eager in this run
            "search_mode": {p: "cuda_graphs" if graphed.get(p, 0) > eager.get(p, 0) else "eager" for p in method},
