@@ -202,7 +202,9 @@ def _shrink(name):
             "--derived-eval-images", "32"]
 
 
-@pytest.mark.parametrize("name", ["darts", "darts2", "pcdarts", "gdas", "drnas"])
+# darts2 (12 s on 2 cores: second order, three forward-backward passes per step) runs in the slow tier;
+# its gradient is checked against finite differences in the default one (test_second_order_gradient_...)
+@pytest.mark.parametrize("name", ["darts", pytest.param("darts2", marks=pytest.mark.slow), "pcdarts", "gdas", "drnas"])
 def test_method_presets_run(tmp_path, name):
     out = tmp_path / name
     assert main([*_shrink(name), "--out", str(out)]) == 0
