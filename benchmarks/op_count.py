@@ -136,15 +136,23 @@ def _graphed_calls(s, cfg, gens, sums) -> dict:
     blocker = graph_blocker(cfg, torch.device("cuda"), 1)
     if blocker is not None:
         return {"graphed_top_level_calls": None, "graph_scope": "not graphed: " + blocker.split(" (")[0]}
+    return {"graphed_top_level_calls": _calls_outside_graph(s, lambda: s.step(gens, sums)),
+            "graph_scope": s.graph_scope}
+
+
+def _calls_outside_graph(owner, step) -> int:
+    """`owner` (a Searcher or Trainer) replays through a counting stand-in; after its eager warm-up
+    steps and the capture, one more `step()` is profiled: its top-level calls plus its graph launches."""
+    import torch
+
     backend = _CountingGraphs()
-    s.use_graphs(backend=backend)
-    for _ in range(s.graphed.WARMUP + 1):  # the eager warm-up steps and the capture
-        s.step(gens, sums)
+    owner.use_graphs(backend=backend)
+    for _ in range(owner.graphed.WARMUP + 1):
+        step()
     before = backend.replays
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        s.step(gens, sums)
-    launches = backend.replays - before
-    return {"graphed_top_level_calls": _count(prof)["top_level_calls"] + launches, "graph_scope": s.graph_scope}
+        step()
+    return _count(prof)["top_level_calls"] + backend.replays - before
 
 
 def retrain_worker(name: str, batch: int) -> dict:
@@ -202,16 +210,9 @@ def _graphed_train_calls(batch: int, amp: str) -> dict:
         t = Trainer(cfg, run, torch.device("cpu"), published("DARTS_V2"))
         t.net.train()
         t.net.drop_path_prob = 0.2
-        backend = _CountingGraphs()
-        t.use_graphs(backend=backend)
         sums = torch.zeros(3)
-        for _ in range(t.graphed.WARMUP + 1):
-            t.step(sums)
-        before = backend.replays
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            t.step(sums)
-    return {"graphed_top_level_calls": _count(prof)["top_level_calls"] + backend.replays - before,
-            "graph_scope": "training step"}
+        calls = _calls_outside_graph(t, lambda: t.step(sums))
+    return {"graphed_top_level_calls": calls, "graph_scope": "training step"}
 
 
 def main(argv=None) -> int:

@@ -78,7 +78,7 @@ def _same_epochs(eager, graphed, epochs=2, steps=3):
 def test_replayed_steps_compute_what_eager_steps_compute(tmp_path, preset):
     eager, graphed = _searcher(tmp_path, "eager", preset), _searcher(tmp_path, "graphed", preset)
     backend = StandIn()
-    graphed.graphed = StepGraph(graphed.iterate, log=lambda m: None, backend=backend)
+    graphed.use_graphs(backend=backend)
     graphed.graphed.WARMUP = 1  # (2 on a GPU) one eager step, the capture, one replay: the same bookkeeping
     _same_epochs(eager, graphed)
     # per epoch: 1 warm-up step on the side stream, one capture, 2 replays (the capture's own step included)
@@ -247,8 +247,8 @@ def test_replay_reads_the_new_batch_not_the_captured_one(tmp_path):
 def test_a_failed_capture_logs_why_and_loses_no_update(tmp_path):
     eager, graphed = _searcher(tmp_path, "eager"), _searcher(tmp_path, "graphed")
     logs = []
-    graphed.graphed = StepGraph(graphed.iterate, log=logs.append,
-                                backend=StandIn(RuntimeError("operation not permitted when stream is capturing")))
+    graphed.use_graphs(backend=StandIn(RuntimeError("operation not permitted when stream is capturing")))
+    graphed.graphed.log = logs.append
     graphed.graphed.WARMUP = 0  # the first step is the failed capture, the second runs eagerly after it
     torch.manual_seed(0)
     a = _epoch(eager, 2, 0)

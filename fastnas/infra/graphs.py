@@ -127,7 +127,7 @@ class StepGraph:
             text = str(exc).strip()
             self.failed = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
             self.reset()
-            self.log(f"warning: CUDA graph capture failed, the search goes on with eager steps ({self.failed})")
+            self.log(f"warning: CUDA graph capture failed, the run goes on with eager steps ({self.failed})")
             self.backend.synchronize()
             self.iterate(train_batches, valid_batches, sums, arch)  # the failed capture ran nothing
             return

@@ -245,10 +245,7 @@ class Searcher:
         graph with ``--cuda-graphs`` where the iteration is static (:mod:`fastnas.search.graphed`)."""
         train_batches = [self.batch(st, g) for st, g in zip(self.train_streams, gens, strict=True)]
         valid_batches = [self.batch(st, g) for st, g in zip(self.valid_streams, gens, strict=True)] if arch else None
-        if self.graph_scope == ARCH_STEP:
-            self._iterate_split(train_batches, valid_batches, sums, arch)
-        else:
-            (self.graphed or self.iterate)(train_batches, valid_batches, sums, arch)
+        (self.graphed if self.graph_scope == ITERATION else self.iterate)(train_batches, valid_batches, sums, arch)
         n_valid = sum(y.shape[0] for _, y in valid_batches) if arch else 0
         return sum(y.shape[0] for _, y in train_batches), n_valid
 
@@ -256,28 +253,24 @@ class Searcher:
         """The iteration on batches already drawn (see :meth:`step`): samples, updates, metric sums; no
         host reads on the softmax family (what lets a CUDA graph capture it)."""
         if arch and self.cfg.arch_first:  # DARTS' order: the architecture moves, then the weights under it
-            self._arch_update(self.net.sample(self.sampler), valid_batches, train_batches, sums)
+            self._arch_phase(None, train_batches, valid_batches, sums)
             self._weight_update(self.net.sample(self.sampler), train_batches, sums)
             return
         samples = self.net.sample(self.sampler)
         self._weight_update(samples, train_batches, sums)
-        if not arch:
-            return
-        if self.cfg.arch_resample:  # GDAS: a fresh architecture for every forward pass
-            samples = self.net.sample(self.sampler)
-        self._arch_update(samples, valid_batches, train_batches, sums)
+        if arch:  # GDAS' arch_resample: a fresh architecture for every forward pass
+            self._arch_phase(None if self.cfg.arch_resample else samples, train_batches, valid_batches, sums)
 
-    def _iterate_split(self, train_batches, valid_batches, sums, arch: bool) -> None:
-        """:meth:`iterate` for the hard sampler under ``--cuda-graphs``: the weight step eagerly on its
-        sample (its ops depend on the draw), the architecture step replayed (it draws its own sample:
-        a fresh one, or the architecture first; :func:`fastnas.search.graphed.graph_blocker`)."""
-        if arch and self.cfg.arch_first:
+    def _arch_phase(self, samples, train_batches, valid_batches, sums) -> None:
+        """The architecture step on `samples` (None: a fresh draw). Under ``--cuda-graphs`` with the hard
+        sampler it is the replayed part (scope ``architecture step``) and draws its own sample, which
+        :func:`fastnas.search.graphed.graph_blocker` makes sure is what the eager step would draw; the
+        weight step around it stays eager (its ops depend on the draw)."""
+        if self.graph_scope == ARCH_STEP:
             self.graphed(train_batches, valid_batches, sums, True)
-            self._weight_update(self.net.sample(self.sampler), train_batches, sums)
             return
-        self._weight_update(self.net.sample(self.sampler), train_batches, sums)
-        if arch:
-            self.graphed(train_batches, valid_batches, sums, True)
+        samples = self.net.sample(self.sampler) if samples is None else samples
+        self._arch_update(samples, valid_batches, train_batches, sums)
 
     def _static_arch_update(self, train_batches, valid_batches, sums, arch: bool) -> None:
         """The hard sampler's architecture step in its static form: a fresh sample drawn on the device

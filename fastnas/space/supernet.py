@@ -128,6 +128,7 @@ class SearchCell(nn.Module):
         else:
             self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False)
         self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
+        self.full_channels = partial_channels == 1  # every edge's op sees all channels (see _fuses)
         self.edges = nn.ModuleList()
         for e, _, j in edges(steps):
             stride = 2 if reduction and j < 2 else 1
@@ -159,8 +160,8 @@ class SearchCell(nn.Module):
     def _fuses(self, sample: Sample) -> bool:
         """A hard sample that runs one op on every edge, each weighted as it is (GDAS' form, no
         score_all), on full channels: its nodes can be summed by one fused weighted sum each."""
-        return (not sample.score_all and sample.index is not None and sample.index.device == sample.weights.device
-                and min(sample.index_list) >= 0 and all(edge.k == 1 for edge in self.edges))
+        return (self.full_channels and not sample.score_all and sample.index is not None
+                and sample.index.device == sample.weights.device and min(sample.index_list) >= 0)
 
     def _forward_hard_fused(self, states: list[Tensor], sample: Sample, edge_weights: Tensor | None) -> Tensor:
         """GDAS' node, ``sum_e w_e[i_e] * op_{i_e}(h_e)`` over its incoming edges (AutoDL-Projects
