@@ -6,7 +6,7 @@
 # bandwidth), the retraining throughput, one iteration per method preset, one full search epoch of the
 # default preset's three stages on CIFAR-10-sized data, and prints short tables last. Full results go to
 # OUTDIR (default benchmarks/results/gpu).
-# Meant to finish in about 9 minutes on an H200 (not yet timed whole there): every step has its own time
+# Meant to finish in about 10 minutes on an H200 (not yet timed whole there): every step has its own time
 # limit, and the CPU-only tests are left to CI (they ran there); here run the tests that touch the CUDA
 # kernels, i.e. every `cuda`-marked case plus the op and build tests in full. A device call may run 10
 # minutes at most, so it can be split in two calls over one OUTDIR; targets.json is written at the end of
@@ -100,11 +100,15 @@ fi
 
 want ops && PYTHONPATH=$PWD timeout 120 $PY benchmarks/compare_ops.py --device cuda --out "$OUT" > "$OUT/bench.log" 2>&1 || status=1
 # Retraining throughput (issue 20, target 1: >= 4,000 images/s at batch 96, 600 epochs in 2.1 hours): the
-# bare step (fp32, bf16) and fastnas train's own step (data on the device, cutout, aux head, drop-path)
-# eager and with --cuda-graphs, side by side; batch 128 for the graphed modes. The compiled configs are
-# left to `benchmarks/train_speed.py` alone: their compile time does not fit this check.
-want train && PYTHONPATH=$PWD timeout 200 $PY benchmarks/train_speed.py --device cuda --batch 96 --steps 20 \
-  --configs fp32,bf16,trainer,trainer+cuda_graphs,trainer+bf16+cuda_graphs,trainer+bf16+channels_last+cuda_graphs \
+# bare step (fp32, bf16; $OUT/bare) and fastnas train's own step (data on the device, cutout, aux head,
+# drop-path) eager and with --cuda-graphs, side by side; batch 128 for the graphed modes. The trainer
+# configs train two seeds for 124 steps each and record every step's loss: loss_curve.py then says whether
+# each faster mode trains as eager fp32 does, within seed-to-seed noise ($OUT/loss_curve.{md,png}). The
+# compiled configs are left to `benchmarks/train_speed.py` alone: their compile time does not fit this check.
+want train && PYTHONPATH=$PWD timeout 90 $PY benchmarks/train_speed.py --device cuda --batch 96 --steps 20 \
+  --configs fp32,bf16 --out "$OUT/bare" >> "$OUT/bench.log" 2>&1 || status=1
+want train && PYTHONPATH=$PWD timeout 240 $PY benchmarks/train_speed.py --device cuda --batch 96 --steps 120 --seeds 2 \
+  --configs trainer,trainer+cuda_graphs,trainer+bf16+cuda_graphs,trainer+bf16+channels_last+cuda_graphs \
   --out "$OUT" >> "$OUT/bench.log" 2>&1 || status=1
 want train && PYTHONPATH=$PWD timeout 80 $PY benchmarks/train_speed.py --device cuda --batch 128 --steps 20 \
   --configs trainer+cuda_graphs,trainer+bf16+channels_last+cuda_graphs --out "$OUT/b128" >> "$OUT/bench.log" 2>&1 \
@@ -142,8 +146,10 @@ cat "$OUT/graphs/method_step.md" 2>/dev/null
 echo
 echo "== GPU op benchmark ($OUT/ops_cuda.md) =="
 cat "$OUT/ops_cuda.md" 2>/dev/null || tail -20 "$OUT/bench.log"
-echo "== retraining throughput ($OUT/train_speed_cuda.md, batch 128: $OUT/b128/) =="
-cat "$OUT/train_speed_cuda.md" "$OUT/b128/train_speed_cuda.md" 2>/dev/null
+echo "== retraining throughput ($OUT/train_speed_cuda.md, bare steps: $OUT/bare/, batch 128: $OUT/b128/) =="
+cat "$OUT/train_speed_cuda.md" "$OUT/bare/train_speed_cuda.md" "$OUT/b128/train_speed_cuda.md" 2>/dev/null
+echo "== the same loss curve as eager fp32? ($OUT/loss_curve.md, loss_curve.png) =="
+cat "$OUT/loss_curve.md" 2>/dev/null
 # One flat object the next check can read (issue 20); what this run did not measure stays null.
 $PY - "$OUT" "$sync_free" <<'PYEOF' || status=1
 import datetime, json, sys
@@ -159,6 +165,12 @@ train = [r for r in rows("train_speed_cuda.json") if "images_per_s" in r]
 # fastnas train's own step (the trainer configs) where measured: the mode a user runs
 own = [r for r in train if r["config"].startswith("trainer")] or train
 best = max(own, key=lambda r: r["images_per_s"], default=None)
+# loss_curve.py's comparison of each trainer mode with eager fp32 (final loss over the last steps, seeds)
+curve = {}
+try:
+    curve = json.loads((out / "loss_curve.json").read_text())["configs"]
+except (OSError, ValueError, KeyError):
+    pass
 # Search iterations against issue 20's table (H200, 2026-11-29, C=16, 8 cells, batch 32: images/s).
 BEFORE = {"darts": 51.1, "pcdarts": 33.8, "drnas": 42.6, "pdarts": 44.4, "darts2": 14.4}
 eager = {r["preset"]: r["images_per_s"] for r in rows("method_step.json") if "images_per_s" in r}
@@ -200,6 +212,9 @@ targets = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() e
            "retrain_mode": best["config"] if best else None,
            "retrain_peak_mb": round(best["peak_mb"]) if best and "peak_mb" in best else None,
            "retrain_600_epochs_h": round(600 * 50000 / best["images_per_s"] / 3600, 2) if best else None,
+           # does the fastest mode train as eager fp32 does (within seed-to-seed noise), and every mode's loss
+           "retrain_loss_within_noise": curve.get(best["config"], {}).get("within_noise") if best else None,
+           "retrain_final_loss": {c: round(r["final_loss"], 4) for c, r in curve.items()} or None,
            "search_stage_epoch_s": epochs, "search_total_min": total, "softmax_family_speedup": speedup or None,
            "darts2_speedup": round(method["darts2"] / BEFORE["darts2"], 2) if "darts2" in method else None,
            "sync_free": sync_free_result(),

@@ -9,6 +9,13 @@ Each configuration runs in its own process; warm-up steps (compilation or the gr
 included) are excluded. The plain configs report the median step, synchronised after each; the
 trainer configs time ``--steps`` steps back to back (as an epoch runs them) between two
 synchronisations. Peak memory: the process's peak allocated CUDA memory, or its peak RSS on a CPU.
+
+With ``--seeds N`` each trainer config trains N seeds and records every step's training loss; the
+curves are then compared with eager fp32's (``trainer``) by ``loss_curve.py``: does the faster mode
+train the same, within seed-to-seed noise (``loss_curve.{json,md,png}`` next to the table)?
+
+    python benchmarks/train_speed.py --configs trainer,trainer+bf16+channels_last+cuda_graphs --seeds 2 \
+        --steps 120 --device cuda --batch 96 --out DIR
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import sys
 import time
 
 import harness  # noqa: E402  (first: this checkout on sys.path)
+import loss_curve
 
 CONFIGS = {
     "fp32": {},
@@ -30,6 +38,8 @@ CONFIGS = {
     # fastnas train's own step (Trainer.step): the batch drawn from the device-resident data, augmented
     # and cut out there, then the step eager or replayed as a CUDA graph
     "trainer": {"trainer": True},
+    "trainer+bf16": {"trainer": True, "amp": "bf16"},
+    "trainer+channels_last": {"trainer": True, "channels_last": True},
     "trainer+cuda_graphs": {"trainer": True, "cuda_graphs": True},
     "trainer+bf16+cuda_graphs": {"trainer": True, "amp": "bf16", "cuda_graphs": True},
     "trainer+bf16+channels_last+cuda_graphs": {"trainer": True, "amp": "bf16", "channels_last": True,
@@ -47,9 +57,13 @@ def _peak_mb(dev) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def trainer_worker(name: str, device: str, batch: int, steps: int) -> dict:
-    """Time ``fastnas train``'s step: DARTS_V2, C=36, 20 cells, the DARTS recipe (auxiliary 0.4,
-    cutout 16, drop-path at 0.2), on embedded CIFAR-sized data held on the device."""
+def trainer_worker(name: str, device: str, batch: int, steps: int, seeds: int = 1, channels: int = 36,
+                   layers: int = 20) -> dict:
+    """Time ``fastnas train``'s step: DARTS_V2 (C=36, 20 cells unless told), the DARTS recipe (auxiliary
+    0.4, cutout 16, drop-path at 0.2), on embedded CIFAR-sized data held on the device. Each seed (its
+    own data, initial weights and random draws) trains a fresh network for the warm-up and `steps`
+    steps; the per-step training loss of every step is kept on the device (a copy of the metric sums
+    after each step) and read once at the end, so recording it adds no host sync to the timed steps."""
     import tempfile
 
     import torch
@@ -60,43 +74,62 @@ def trainer_worker(name: str, device: str, batch: int, steps: int) -> dict:
     from fastnas.train import PRESETS, TrainConfig, Trainer
 
     opts = {k: v for k, v in CONFIGS[name].items() if k != "trainer"}
-    cli = {"genotype": "DARTS_V2", "device": device, "batch_size": batch, "embedded_size": batch * (steps + 8),
-           "plots": False, "export": False, **opts}
-    cfg = cfglib.build_config(TrainConfig, PRESETS, cli, "darts")
     dev = torch.device(device)
-    with tempfile.TemporaryDirectory() as tmp, RunDir(tmp) as run:
-        torch.manual_seed(0)
-        t = Trainer(cfg, run, dev, published("DARTS_V2"))
-        t.net.train()
-        t.net.drop_path_prob = 0.2
-        sums = torch.zeros(3, device=dev)
 
-        def sync():
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-
-        t0 = time.perf_counter()
-        for _ in range(4):  # the eager warm-up steps, the capture and a first replay (with --cuda-graphs)
-            t.step(sums)
-        sync()
-        warmup = time.perf_counter() - t0
+    def sync():
         if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            t.step(sums)
-        sync()
-        dt = (time.perf_counter() - t0) / steps
-        g = t.graphed
-        mode = ("eager" if not cfg.cuda_graphs else "eager (no graphs here)" if g is None
-                else f"graphs failed: {g.failed}" if g.failed else f"cuda graphs ({g.replays} replays)")
-    return {"config": name, "device": device, "batch": batch, "step_s": dt, "images_per_s": batch / dt,
-            "warmup_s": warmup, "threads": torch.get_num_threads(), "peak_mb": _peak_mb(dev), "mode": mode}
+            torch.cuda.synchronize()
+
+    rates, curves, warmups, modes = [], [], [], []
+    for seed in range(seeds):
+        cli = {"genotype": "DARTS_V2", "device": device, "batch_size": batch, "embedded_size": batch * (steps + 8),
+               "plots": False, "export": False, "seed": seed, "channels": channels, "layers": layers, **opts}
+        cfg = cfglib.build_config(TrainConfig, PRESETS, cli, "darts")
+        with tempfile.TemporaryDirectory() as tmp, RunDir(tmp) as run:
+            torch.manual_seed(seed)
+            t = Trainer(cfg, run, dev, published("DARTS_V2"))
+            t.net.train()
+            t.net.drop_path_prob = 0.2
+            sums = torch.zeros(3, device=dev)
+            trace = []  # the running sums after each step, still on the device
+
+            def step():
+                t.step(sums)
+                trace.append(sums.clone())
+
+            t0 = time.perf_counter()
+            for _ in range(4):  # the eager warm-up steps, the capture and a first replay (with --cuda-graphs)
+                step()
+            sync()
+            warmups.append(time.perf_counter() - t0)
+            if dev.type == "cuda" and seed == 0:
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step()
+            sync()
+            rates.append(batch * steps / (time.perf_counter() - t0))
+            running = torch.stack(trace).double().cpu().tolist()  # one read, after the timed steps
+            prev = [0.0, 0.0, 0.0]
+            curve = []
+            for row in running:  # loss * n and n per step from consecutive running sums
+                curve.append((row[0] - prev[0]) / (row[2] - prev[2]))
+                prev = row
+            curves.append(curve)
+            g = t.graphed
+            modes.append("eager" if not cfg.cuda_graphs else "eager (no graphs here)" if g is None
+                         else f"graphs failed: {g.failed}" if g.failed else f"cuda graphs ({g.replays} replays)")
+    rate = statistics.median(rates)
+    return {"config": name, "device": device, "batch": batch, "channels": channels, "layers": layers,
+            "step_s": batch / rate, "images_per_s": rate, "images_per_s_per_seed": rates,
+            "warmup_s": warmups[0], "threads": torch.get_num_threads(), "peak_mb": _peak_mb(dev),
+            "mode": modes[0], "loss_curves": curves}
 
 
-def worker(name: str, device: str, batch: int, steps: int) -> dict:
+def worker(name: str, device: str, batch: int, steps: int, seeds: int = 1, channels: int = 36,
+           layers: int = 20) -> dict:
     if CONFIGS[name].get("trainer"):
-        return trainer_worker(name, device, batch, steps)
+        return trainer_worker(name, device, batch, steps, seeds, channels, layers)
     import torch
     import torch.nn.functional as F
 
@@ -107,7 +140,8 @@ def worker(name: str, device: str, batch: int, steps: int) -> dict:
     dev = torch.device(device)
     torch.manual_seed(0)
     fmt = torch.channels_last if opts.get("channels_last") else torch.contiguous_format
-    net = EvalNetwork(PUBLISHED["DARTS_V2"], 36, 20, 10, auxiliary=True, drop_path=0.2).to(dev, memory_format=fmt)
+    net = EvalNetwork(PUBLISHED["DARTS_V2"], channels, layers, 10, auxiliary=True, drop_path=0.2)
+    net = net.to(dev, memory_format=fmt)
     fwd = torch.compile(net) if opts.get("compile") else net
     opt = torch.optim.SGD(net.parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
     x = torch.randn(batch, 3, 32, 32, device=dev).contiguous(memory_format=fmt)
@@ -146,21 +180,33 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--configs", default=",".join(CONFIGS))
+    p.add_argument("--seeds", type=int, default=1, help="trainer configs: train this many seeds (loss curves "
+                   "compared by loss_curve.py when >= 2; the rate is their median)")
+    p.add_argument("--channels", type=int, default=36, help="the network's initial channels (DARTS: 36)")
+    p.add_argument("--layers", type=int, default=20, help="the network's cells (DARTS: 20)")
+    p.add_argument("--window", type=int, default=None, help="loss curves: steps averaged at the end (default: "
+                   "a third of --steps)")
     p.add_argument("--out", default=None)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        return harness.worker_reply(worker(args.worker, args.device, args.batch, args.steps))
+        return harness.worker_reply(worker(args.worker, args.device, args.batch, args.steps, args.seeds,
+                                           args.channels, args.layers))
+    if min(args.steps, args.seeds, args.channels, args.layers) < 1:
+        print("error: --steps, --seeds, --channels and --layers must be >= 1", file=sys.stderr)
+        return 2
     rows = []
     for name in args.configs.split(","):
         if name not in CONFIGS:
             print(f"error: unknown config {name!r}; choose from {', '.join(CONFIGS)}", file=sys.stderr)
             return 2
         rows.append(harness.run_worker(__file__, name, ["--device", args.device, "--batch", args.batch,
-                                                        "--steps", args.steps]))
+                                                        "--steps", args.steps, "--seeds", args.seeds,
+                                                        "--channels", args.channels, "--layers", args.layers]))
         print(json.dumps(rows[-1]), flush=True)
     base = next((r for r in rows if r["config"] == "fp32" and "error" not in r), None)
-    lines = [f"DARTS_V2 EvalNetwork C=36, 20 cells, device {args.device}, batch {args.batch}", "",
+    lines = [f"DARTS_V2 EvalNetwork C={args.channels}, {args.layers} cells, device {args.device}, batch "
+             f"{args.batch}", "",
              "| config | s / step | images/s | vs fp32 eager | vs trainer eager | warm-up s (incl. compile or "
              "capture) | peak MB | mode |",
              "|---|---|---|---|---|---|---|---|"]
@@ -177,6 +223,9 @@ def main(argv=None) -> int:
     table = "\n".join(lines)
     harness.write_results(args.out, f"train_speed_{args.device}", rows, table)
     print(table)
+    if args.seeds > 1 or sum(1 for r in rows if r.get("loss_curves")) > 1:
+        print()
+        loss_curve.report(rows, args.window or max(1, args.steps // 3), args.out)
     return 0
 
 
