@@ -112,7 +112,8 @@ class Trainer:
         self.scaler.scale(total).backward()
         self.scaler.unscale_(self.opt)
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip, foreach=True)
+            # the optimizer's list of net.parameters(): no walk of the module tree per step
+            torch.nn.utils.clip_grad_norm_(self.opt.param_groups[0]["params"], cfg.grad_clip, foreach=True)
         self.scaler.step(self.opt)
         self.scaler.update()
         n = labels.shape[0]
