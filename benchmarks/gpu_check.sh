@@ -121,6 +121,11 @@ want method && PYTHONPATH=$PWD timeout 150 $PY benchmarks/method_step.py --devic
 # eager table above.
 want graphs && PYTHONPATH=$PWD timeout 150 $PY benchmarks/method_step.py --device cuda --iters 10 --cuda-graphs \
   --presets darts darts2 pcdarts drnas pdarts progressive --out "$OUT/graphs" >> "$OUT/bench.log" 2>&1 || status=1
+# The hard sampler's weight step with --op-graphs as well (each sampled convolution's forward and backward
+# replayed from its own graphs, every candidate captured before the first step): progressive against the
+# row above, gdas (not otherwise graphed) against the eager table.
+want graphs && PYTHONPATH=$PWD timeout 150 $PY benchmarks/method_step.py --device cuda --iters 10 --cuda-graphs \
+  --op-graphs --presets progressive gdas --out "$OUT/op_graphs" >> "$OUT/bench.log" 2>&1 || status=1
 # How long a whole search takes (issue 20, target 2): one full epoch of each of the default preset's three
 # stages (5 cells / 8 ops, 11 / 5, 17 / 3; C=16; gumbel-hard; weight + architecture step) on CIFAR-10-sized
 # data (25,000 + 25,000 generated images), each measured, none projected. With --cuda-graphs unless
@@ -128,6 +133,24 @@ want graphs && PYTHONPATH=$PWD timeout 150 $PY benchmarks/method_step.py --devic
 STAGES=("5 8 0.0" "11 5 0.4" "17 3 0.7")
 SEARCH_FLAGS=(); [ "${SEARCH_GRAPHS:-1}" = 1 ] && SEARCH_FLAGS=(--cuda-graphs)
 if want search; then
+  # --op-graphs too when this OUTDIR's progressive row was faster with it (SEARCH_OP_GRAPHS=0/1 decides instead)
+  if [ -z "${SEARCH_OP_GRAPHS:-}" ]; then
+    SEARCH_OP_GRAPHS=$($PY - "$OUT" <<'PYEOF'
+import json, sys
+from pathlib import Path
+def rate(name):
+    try:
+        rows = json.loads((Path(sys.argv[1]) / name).read_text())
+    except (OSError, ValueError):
+        return 0
+    return max((r["images_per_s"] for r in rows if r.get("preset") == "progressive" and "images_per_s" in r
+                and "failed" not in r.get("mode", "")), default=0)
+print(1 if rate("op_graphs/method_step.json") > rate("graphs/method_step.json") > 0 else 0)
+PYEOF
+)
+  fi
+  [ "${SEARCH_GRAPHS:-1}" = 1 ] && [ "$SEARCH_OP_GRAPHS" = 1 ] && SEARCH_FLAGS+=(--op-graphs)
+  echo "search stage epochs with: ${SEARCH_FLAGS[*]:-eager}"
   for s in 1 2 3; do
     read -r cells ops skip <<< "${STAGES[$((s - 1))]}"
     PYTHONPATH=$PWD timeout 150 $PY -m fastnas.search --preset progressive --device cuda --embedded-size 50000 \
@@ -143,6 +166,8 @@ echo "== method presets, one iteration ($OUT/method_step.md) =="
 cat "$OUT/method_step.md" 2>/dev/null
 echo "== the same with --cuda-graphs ($OUT/graphs/method_step.md) =="
 cat "$OUT/graphs/method_step.md" 2>/dev/null
+echo "== the hard sampler with --cuda-graphs --op-graphs ($OUT/op_graphs/method_step.md) =="
+cat "$OUT/op_graphs/method_step.md" 2>/dev/null
 echo
 echo "== GPU op benchmark ($OUT/ops_cuda.md) =="
 cat "$OUT/ops_cuda.md" 2>/dev/null || tail -20 "$OUT/bench.log"
@@ -177,6 +202,10 @@ eager = {r["preset"]: r["images_per_s"] for r in rows("method_step.json") if "im
 graphed = {r["preset"]: r["images_per_s"] for r in rows("graphs/method_step.json")
            if "images_per_s" in r and r.get("mode", "").startswith("cuda graphs")}
 method = {p: max(eager.get(p, 0), graphed.get(p, 0)) for p in {*eager, *graphed}}  # the faster mode per preset
+per_op = {r["preset"]: r["images_per_s"] for r in rows("op_graphs/method_step.json")
+          if "images_per_s" in r and "per-op graphs:" in r.get("mode", "")}
+# progressive's rate with --cuda-graphs alone; gdas' eager one (its steps are not otherwise graphed)
+without = {"progressive": graphed.get("progressive"), "gdas": eager.get("gdas")}
 speedup = {p: round(method[p] / BEFORE[p], 2) for p in ("darts", "pcdarts", "drnas", "pdarts") if p in method}
 def stage_epoch_s(s):
     try:
@@ -219,6 +248,8 @@ targets = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() e
            "darts2_speedup": round(method["darts2"] / BEFORE["darts2"], 2) if "darts2" in method else None,
            "sync_free": sync_free_result(),
            "search_stage_graphs": [graphs_in_log(s) for s in (1, 2, 3)],
+           # the hard sampler with per-op graphs of its weight step, against its rate without them
+           "op_graphs_vs_without": {p: round(per_op[p] / without[p], 2) for p in per_op if without.get(p)} or None,
            # which mode gave each search rate above, and the graphs' gain over eager in this run
            "search_mode": {p: "cuda_graphs" if graphed.get(p, 0) > eager.get(p, 0) else "eager" for p in method},
            "cuda_graphs_vs_eager": {p: round(graphed[p] / eager[p], 2) for p in graphed if p in eager} or None}

@@ -30,7 +30,8 @@ PUBLISHED = {"darts": "1.5 (1st order)", "darts2": "4 (2nd order, the DARTS pape
              "progressive": "-"}
 
 
-def worker(name: str, batch: int, channels: int, cells: int, iters: int, device: str, graphs: bool = False) -> dict:
+def worker(name: str, batch: int, channels: int, cells: int, iters: int, device: str, graphs: bool = False,
+           op_graphs: bool = False) -> dict:
     import torch
 
     from fastnas.infra import config as cfglib
@@ -44,7 +45,7 @@ def worker(name: str, batch: int, channels: int, cells: int, iters: int, device:
     cli = {"preset": name, "cells": [cells] * stages, "channels": [channels] * stages, "batch_size": batch,
            "warmup_epochs": [0] * stages, "epochs": [2] * stages, "max_steps": iters, "device": device,
            "embedded_size": 4 * batch * iters, "plots": False, "derived_eval_images": 0,
-           "partial_channels": [ks[0]] * stages, "cuda_graphs": graphs}
+           "partial_channels": [ks[0]] * stages, "cuda_graphs": graphs, "op_graphs": op_graphs}
     cfg = cfglib.build_config(SearchConfig, P, cli, "progressive")
     dev = torch.device(device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -73,6 +74,10 @@ def worker(name: str, batch: int, channels: int, cells: int, iters: int, device:
         mode = ("eager" if not graphs else "eager (no graphs here)" if g is None
                 else f"graphs failed: {g.failed}" if g.failed
                 else f"cuda graphs: {searcher.graph_scope} ({g.replays} replays)")
+        og = searcher.op_graphs
+        if op_graphs:  # the weight step's ops: how many were captured and replayed, or why not
+            mode += ("; no per-op graphs here" if og is None else f"; per-op graphs failed: {og.failed}"
+                     if og.failed else f"; per-op graphs: {og.captures} ops, {og.replays} replays")
         run.close()
     peak = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
@@ -91,16 +96,20 @@ def main(argv=None) -> int:
     p.add_argument("--presets", nargs="+", default=list(PRESETS))
     p.add_argument("--cuda-graphs", action="store_true", help="search with --cuda-graphs (static presets replay "
                                                                  "each iteration as a CUDA graph on a GPU)")
+    p.add_argument("--op-graphs", action="store_true", help="search with --op-graphs (the hard sampler's weight "
+                                                               "step replays each sampled convolution's graphs)")
     p.add_argument("--out", default=None, help="write method_step.json and .md into this folder")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
-        return harness.worker_reply(worker(a.worker, a.batch, a.channels, a.cells, a.iters, a.device, a.cuda_graphs))
+        return harness.worker_reply(worker(a.worker, a.batch, a.channels, a.cells, a.iters, a.device, a.cuda_graphs,
+                                           a.op_graphs))
     rows = []
     for name in a.presets:
         row = harness.run_worker(__file__, name, ["--batch", a.batch, "--channels", a.channels, "--cells", a.cells,
                                                   "--iters", a.iters, "--device", a.device,
-                                                  *(["--cuda-graphs"] if a.cuda_graphs else [])])
+                                                  *(["--cuda-graphs"] if a.cuda_graphs else []),
+                                                  *(["--op-graphs"] if a.op_graphs else [])])
         if "error" in row:
             print(f"{name}: failed: {row['error']}", flush=True)
             continue

@@ -59,7 +59,7 @@ def _count(prof) -> dict:
     own ops (``fastnas::weighted_sum``, ``fastnas::gumbel_softmax``, their backward) count as one call
     each, their internal aten calls (allocating the output, argument views) as nested: on a GPU the op
     is one kernel launch."""
-    ops = [e for e in prof.events() if e.name.startswith(("aten::", "fastnas::"))]
+    ops = [e for e in prof.events() if e.name.startswith(("aten::", "fastnas::")) and not _in_capture(e)]
     events = [e for e in ops if e.name.startswith("aten::")]
     ids = {e.id for e in ops}
     top = [e for e in ops if e.cpu_parent is None or e.cpu_parent.id not in ids]
@@ -67,6 +67,42 @@ def _count(prof) -> dict:
             "syncs": sum(e.name in SYNC_OPS for e in events),
             "host_copies": sum(e.name == "aten::lift_fresh" for e in events),
             "op_time_s": sum(e.cpu_time_total for e in top) / 1e6}
+
+
+CAPTURE = "fastnas::op_graph_capture"  # OpGraphs' capture of one op: one-off work, left out of the counts
+BOOKKEEPING = "op_count::bookkeeping"  # this script's own calls inside a profile, left out of the counts
+# A hard sampler's step runs a different path every step (a sep_conv edge is ~25 calls, a skip one): its
+# counts are means over this many steps, and every column replays the same paths.
+HARD_STEPS = 4
+
+
+def _in_capture(event) -> bool:
+    parent = event
+    while parent is not None:
+        if parent.name in (CAPTURE, BOOKKEEPING):
+            return True
+        parent = parent.cpu_parent
+    return False
+
+
+class Paths:
+    """The sampler generator's state before each profiled step of the eager run, restored before the same
+    step of each graphed run, so that every column counts the same sampled paths (the paths also depend
+    on the alphas, which move by about 3e-4 per step: rarely a different argmax)."""
+
+    def __init__(self, generator):
+        self.generator, self.states = generator, []
+
+    def steps(self, step, n: int, record: bool):
+        import torch
+
+        for i in range(n):
+            with torch.profiler.record_function(BOOKKEEPING):
+                if record:
+                    self.states.append(self.generator.get_state())
+                else:
+                    self.generator.set_state(self.states[i])
+            step()
 
 
 def search_worker(name: str, batch: int, channels: int, cells: int) -> dict:
@@ -91,14 +127,18 @@ def search_worker(name: str, batch: int, channels: int, cells: int) -> dict:
         gens = [torch.Generator(s.train_data.images.device).manual_seed(0) for _ in s.shards]
         sums = torch.zeros(4)
         s.step(gens, sums)  # warm-up: allocations, first-call costs
+        n = HARD_STEPS if cfg.sampler == "gumbel-hard" else 1
+        paths = Paths(s.sampler_generator)
         t0 = time.perf_counter()
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            s.step(gens, sums)  # exactly one iteration: what the epoch loop repeats
-        wall = time.perf_counter() - t0
+            paths.steps(lambda: s.step(gens, sums), n, record=True)  # what the epoch loop repeats
+        wall = (time.perf_counter() - t0) / n
+        counts = {k: v / n if isinstance(v, float) else round(v / n) for k, v in _count(prof).items()}
         reads = _python_reads(lambda: s.step(gens, sums))
-        graphed = _graphed_calls(s, cfg, gens, sums)
-    return {"config": name, "sampler": cfg.sampler, **_count(prof), "python_reads": reads, "wall_s": wall,
-            **graphed}
+        graphed = _graphed_calls(s, cfg, gens, sums, paths, n)
+        graphed.update(_op_graphed_calls(s, cfg, gens, sums, paths, n))
+    return {"config": name, "sampler": cfg.sampler, **counts, "python_reads": reads, "wall_s": wall,
+            "profiled_steps": n, **graphed}
 
 
 class _CountingGraphs:
@@ -125,7 +165,7 @@ class _CountingGraphs:
         pass
 
 
-def _graphed_calls(s, cfg, gens, sums) -> dict:
+def _graphed_calls(s, cfg, gens, sums, paths, n) -> dict:
     """Top-level calls per iteration outside the graph with --cuda-graphs (what a GPU still launches one
     by one: drawing the batch, copying it into the graph's inputs, the hard sampler's eager weight
     step), or why the preset's iteration is not graphed."""
@@ -136,23 +176,90 @@ def _graphed_calls(s, cfg, gens, sums) -> dict:
     blocker = graph_blocker(cfg, torch.device("cuda"), 1)
     if blocker is not None:
         return {"graphed_top_level_calls": None, "graph_scope": "not graphed: " + blocker.split(" (")[0]}
-    return {"graphed_top_level_calls": _calls_outside_graph(s, lambda: s.step(gens, sums)),
+    return {"graphed_top_level_calls": _calls_outside_graph(s, lambda: s.step(gens, sums), paths=paths, n=n),
             "graph_scope": s.graph_scope}
 
 
-def _calls_outside_graph(owner, step) -> int:
+class _CountingOpGraphs:
+    """A stand-in for torch.cuda.make_graphed_callables that counts what the host issues per captured op
+    under --op-graphs: the capture runs the op once (inside OpGraphs' ``CAPTURE`` range: left out);
+    each call then copies its input into the static one (a real call, counted by the profile) and
+    launches the forward graph, each backward copies the incoming gradient and launches the backward
+    graph (the launches added by hand). The values are the capture's, stale: only the counts matter."""
+
+    launches = 0
+
+    def graphed_callable(self, fn, sample_args):
+        import torch
+
+        out = fn(*sample_args).detach().clone()  # inside OpGraphs' CAPTURE range: not counted
+        grad_out = torch.empty_like(out)
+        grads = [torch.zeros_like(a) for a in sample_args]
+        counter = self
+
+        class Replay(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, *inputs):
+                for s_, i in zip(sample_args, inputs, strict=True):
+                    if s_.data_ptr() != i.data_ptr():
+                        s_.copy_(i)
+                counter.launches += 1
+                return out.detach()
+
+            @staticmethod
+            def backward(ctx, grad):
+                grad_out.copy_(grad)
+                counter.launches += 1
+                return tuple(g.detach() for g in grads)
+
+        return Replay.apply
+
+
+def _op_graphed_calls(s, cfg, gens, sums, paths, n) -> dict:
+    """Top-level calls per iteration with --op-graphs (and --cuda-graphs where it applies): the hard
+    sampler's eager steps with each sampled convolution replayed from its own graphs."""
+    import torch
+
+    from fastnas.search.graphed import graph_blocker, op_graph_blocker
+
+    if op_graph_blocker(cfg, torch.device("cuda"), 1) is not None:
+        return {"op_graphed_top_level_calls": None}
+    backend = _CountingOpGraphs()
+    s.use_op_graphs(backend=backend)
+    step = lambda: s.step(gens, sums)  # noqa: E731
+    if graph_blocker(cfg, torch.device("cuda"), 1) is None:
+        calls = _calls_outside_graph(s, step, extra=lambda: backend.launches, paths=paths, n=n)
+    else:
+        for _ in range(2):
+            step()
+        before = backend.launches
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            paths.steps(step, n, record=False)
+        calls = round((_count(prof)["top_level_calls"] + backend.launches - before) / n)
+    s.op_graphs = None
+    s.net.set_op_runner(None)
+    return {"op_graphed_top_level_calls": calls}
+
+
+def _calls_outside_graph(owner, step, extra=None, paths=None, n=1) -> int:
     """`owner` (a Searcher or Trainer) replays through a counting stand-in; after its eager warm-up
-    steps and the capture, one more `step()` is profiled: its top-level calls plus its graph launches."""
+    steps and the capture, `n` more `step()`s are profiled (on `paths`' sampled paths): their top-level
+    calls plus their graph launches, per step."""
     import torch
 
     backend = _CountingGraphs()
     owner.use_graphs(backend=backend)
     for _ in range(owner.graphed.WARMUP + 1):
         step()
-    before = backend.replays
+    before, before_extra = backend.replays, extra() if extra else 0
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        step()
-    return _count(prof)["top_level_calls"] + backend.replays - before
+        if paths is None:
+            for _ in range(n):
+                step()
+        else:
+            paths.steps(step, n, record=False)
+    launches = (extra() - before_extra) if extra else 0  # another stand-in's launches (--op-graphs)
+    return round((_count(prof)["top_level_calls"] + backend.replays - before + launches) / n)
 
 
 def retrain_worker(name: str, batch: int) -> dict:
@@ -251,19 +358,21 @@ def render(rows: list[dict], channels: int, cells: int, batch: int) -> str:
              "| step | sampler | aten calls (nested incl.) | top-level calls | scalar reads (GPU syncs) "
              "| tolist/numpy reads (GPU syncs) | tensors from host numbers (H2D copies) | dtype casts "
              "| wall s | in top-level ops | outside ops (Python, dispatch) "
-             "| top-level calls with --cuda-graphs (graph launches incl.) | what one replay covers |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| top-level calls with --cuda-graphs (graph launches incl.) | what one replay covers "
+             "| with --cuda-graphs --op-graphs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['config']} | failed: {r['error']} | | | | | | | | | | | |")
+            lines.append(f"| {r['config']} | failed: {r['error']} | | | | | | | | | | | | |")
             continue
         outside = max(0.0, r["wall_s"] - r["op_time_s"])
         graphed = r.get("graphed_top_level_calls")
+        per_op = r.get("op_graphed_top_level_calls")
         lines.append(f"| {r['config']} | {r['sampler']} | {r['aten_calls']:,} | {r['top_level_calls']:,} | "
                      f"{r['syncs']} | {r['python_reads']} | {r['host_copies']} | {r.get('casts', '-')} | "
                      f"{r['wall_s']:.2f} | "
                      f"{r['op_time_s']:.2f} | {outside:.2f} | {'-' if graphed is None else f'{graphed:,}'} | "
-                     f"{r.get('graph_scope', '-')} |")
+                     f"{r.get('graph_scope', '-')} | {'-' if per_op is None else f'{per_op:,}'} |")
     return "\n".join(lines)
 
 

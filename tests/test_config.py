@@ -211,7 +211,7 @@ ADDED_SINCE = {"nesterov": False, "arch_first": False, "pool_bn": True, "final_b
                # a saved config (resumed, or given to --config) names every learning rate: none is rescaled
                "scale_lr": True,
                # off: eager steps, as before
-               "cuda_graphs": False}
+               "cuda_graphs": False, "op_graphs": False}
 
 
 # ------------------------------------------------------------------ learning rates follow --batch-size

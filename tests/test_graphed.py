@@ -288,6 +288,186 @@ def test_cpu_search_logs_that_graphs_are_off(tmp_path):
     assert "CUDA graphs: off: the search runs on cpu" in (tmp_path / "run" / "run.log").read_text()
 
 
+class OpStandIn:
+    """torch.cuda.make_graphed_callables as a stand-in on the CPU, with its contract: warm-up runs (which
+    touch the module's BatchNorm statistics), the input copied into a static input unless it is one, one
+    autograd node whose output and gradients are static buffers rewritten by every call (what a replay
+    does), the parameters' gradients handed to autograd as the graph's outputs."""
+
+    def __init__(self, fail: Exception | None = None):
+        self.fail, self.captured = fail, 0
+
+    def graphed_callable(self, fn, sample_args):
+        from torch.autograd.function import once_differentiable
+
+        from fastnas.infra.graphs import OpGraphs
+
+        if self.fail is not None:
+            raise self.fail
+        for _ in range(OpGraphs.WARMUP):
+            out = fn(*sample_args)
+            torch.autograd.grad(out, [a for a in sample_args if a.requires_grad], torch.ones_like(out))
+        self.captured += 1
+        static, state = sample_args, {}
+
+        class Graphed(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, *inputs):
+                for s_, i in zip(static, inputs, strict=True):
+                    if s_.data_ptr() != i.data_ptr():
+                        s_.copy_(i)
+                with torch.enable_grad():
+                    leaf = static[0].detach().requires_grad_()
+                    out = fn(leaf, *static[1:])
+                state["graph"] = (leaf, out)
+                state.setdefault("out", torch.empty_like(out)).copy_(out.detach())
+                return state["out"].detach()
+
+            @staticmethod
+            @once_differentiable
+            def backward(ctx, grad):
+                leaf, out = state["graph"]
+                grads = torch.autograd.grad(out, [leaf, *static[1:]], grad)
+                buffers = state.setdefault("grads", [torch.empty_like(g) for g in grads])
+                for b, g in zip(buffers, grads, strict=True):
+                    b.copy_(g)
+                return tuple(b.detach() for b in buffers)
+
+        return Graphed.apply
+
+
+@pytest.mark.parametrize("preset, arch_graphs, extra", [
+    ("progressive", False, {}), ("progressive", True, {}), ("gdas", False, {}),
+    pytest.param("progressive", False, {"arch_order": 2, "arch_first": True}, marks=pytest.mark.slow),
+])
+def test_per_op_graphs_compute_what_eager_weight_steps_compute(tmp_path, preset, arch_graphs, extra):
+    """--op-graphs (stand-in on the CPU): the hard sampler's weight step (and its eager first-order
+    architecture step) runs each sampled convolution through its captured graphs; two epochs end with the
+    eager run's weights, BatchNorm statistics and metric sums to the bit: the default method alone and
+    with its architecture step replayed (--cuda-graphs), GDAS' estimator (only the sampled op in both
+    steps), and DARTS' second order, whose unrolled weights the architecture step's ops must see."""
+    stages = len(PRESETS[preset].get("cells", [5, 11, 17]))
+    opts = {"skip_dropout": [0.2] * stages, "cells": 3, **extra}
+    eager = _searcher(tmp_path, "eager", preset, **opts)
+    graphed = _searcher(tmp_path, "graphed", preset, **opts)
+    backend = OpStandIn()
+    graphed.use_op_graphs(backend=backend)
+    if arch_graphs:
+        graphed.use_graphs(backend=StandIn())
+        graphed.graphed.WARMUP = 1
+    for epoch in range(2):
+        torch.manual_seed(epoch)
+        a = _epoch(eager, 3, epoch)
+        torch.manual_seed(epoch)
+        b = _epoch(graphed, 3, epoch)
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    sa, sb = _state(eager), _state(graphed)
+    for k in sa:
+        torch.testing.assert_close(sb[k], sa[k], rtol=0, atol=0, msg=k)
+    og = graphed.op_graphs
+    assert og.failed is None and og.captures == backend.captured > 0 and og.replays > og.captures
+    assert not og.active  # only inside the eager steps
+    # every candidate with parameters captured before the first step, none later
+    from fastnas.space.supernet import MixedOp
+
+    ops = [op for m in graphed.net.modules() if isinstance(m, MixedOp) for op in m.candidates]
+    assert og.captures == sum(1 for op in ops if list(op.parameters()))
+    assert f"captured {og.captures} candidate ops" in (tmp_path / "graphed" / "run.log").read_text()
+    # every replayed op is a candidate with parameters; pools and skips ran eagerly
+    for module, key, _, params in og.graphs.values():
+        assert (key is None) == (not params) and (not params) == (not list(module.parameters()))
+
+
+@pytest.mark.parametrize("arch_order", [1, 2])
+def test_per_op_graphs_are_on_in_the_eager_steps_only(tmp_path, arch_order):
+    """Which forward passes go through the captured ops: the weight step, and the architecture step when
+    it runs eagerly in first order; never DARTS' second order (its unrolled weights are not the ones a
+    graph captured) nor a replayed architecture step (captured around the modules themselves)."""
+    s = _searcher(tmp_path, "run", "progressive", arch_order=arch_order, arch_first=arch_order == 2)
+    s.use_op_graphs(backend=OpStandIn())
+    seen = {}
+    for name in ("weight_step", "arch_step"):
+        real = getattr(s, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            seen[_name] = s.op_graphs.active
+            return _real(*args, **kwargs)
+
+        setattr(s, name, spy)
+    s.step([torch.Generator().manual_seed(0)], torch.zeros(4))
+    assert seen == {"weight_step": False, "arch_step": arch_order == 1}  # weight_step turns it on inside
+    assert s.op_graphs.replays > 0 and not s.op_graphs.active
+
+
+def test_per_op_graphs_keep_buffers_layouts_and_modes_apart():
+    """One op through OpGraphs: the capture's warm-up leaves the running statistics as they were (the
+    step updates them once, as eagerly); another input layout, evaluation mode, no autograd or an
+    inactive runner run the module itself; a failed capture is logged and the op runs eagerly."""
+    from fastnas.infra.graphs import OpGraphs
+    from fastnas.space.primitives import build_op
+
+    torch.manual_seed(0)
+    op, twin = build_op("sep_conv_3x3", 4, 1, affine=False), build_op("sep_conv_3x3", 4, 1, affine=False)
+    twin.load_state_dict(op.state_dict())
+    x = torch.randn(2, 4, 8, 8, requires_grad=True)
+    graphs = OpGraphs(backend=OpStandIn())
+    torch.testing.assert_close(graphs(op, x), twin(x), rtol=0, atol=0)  # inactive: the module itself
+    assert graphs.captures == 0
+    graphs.active = True
+    y, y_ref = graphs(op, x), twin(x)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+    for (name, b), b_ref in zip(op.named_buffers(), twin.buffers(), strict=True):
+        torch.testing.assert_close(b, b_ref, rtol=0, atol=0, msg=name)  # one update, not the warm-up's three
+    gx, *gw = torch.autograd.grad(y.square().sum(), [x, *op.parameters()])
+    gx_ref, *gw_ref = torch.autograd.grad(y_ref.square().sum(), [x, *twin.parameters()])
+    torch.testing.assert_close(gx, gx_ref)
+    for a, b in zip(gw, gw_ref, strict=True):
+        torch.testing.assert_close(a, b)
+    assert (graphs.captures, graphs.replays) == (1, 1)
+    graphs(op, torch.randn(3, 4, 8, 8, requires_grad=True))  # another batch size: eager
+    with torch.no_grad():
+        graphs(op, x)
+    op.eval()
+    graphs(op, x)
+    assert (graphs.captures, graphs.replays, graphs.eager) == (1, 1, 1)
+    pool = torch.nn.MaxPool2d(3, 1, 1)
+    graphs(pool, x)
+    assert graphs.captures == 1  # nothing to gain: no parameters, no graph
+
+    logs = []
+    failing = OpGraphs(log=logs.append, backend=OpStandIn(fail=RuntimeError("operation not permitted when "
+                                                                           "stream is capturing")))
+    failing.active = True
+    op.train()
+    before = [b.clone() for b in op.buffers()]
+    torch.testing.assert_close(failing(op, x), twin.train()(x))
+    assert failing.failed.startswith("RuntimeError: operation not permitted") and "go on eagerly" in logs[0]
+    assert any(not torch.equal(a, b) for a, b in zip(before, op.buffers(), strict=True))  # the eager run's update
+    failing(op, x)
+    assert len(logs) == 1 and failing.captures == 0
+
+
+@pytest.mark.parametrize("overrides, reason", [
+    ({"preset": "darts"}, "runs every candidate in every step"),
+    ({"preset": "progressive"}, "runs on cpu"),
+])
+def test_per_op_graphs_say_why_not(tmp_path, overrides, reason):
+    from fastnas.search.graphed import op_graph_blocker
+
+    cfg = cfglib.build_config(SearchConfig, PRESETS, {**overrides, "op_graphs": True}, "progressive")
+    assert reason in op_graph_blocker(cfg, torch.device("cpu"), 1)
+    assert op_graph_blocker(cfg, torch.device("cuda"), 1) is None or overrides["preset"] == "darts"
+    assert "several processes" in op_graph_blocker(
+        cfglib.build_config(SearchConfig, PRESETS, {"op_graphs": True}, "progressive"), torch.device("cuda"), 2)
+    # shards accumulate into .grad, which would alias the graph's gradient buffer that the next shard rewrites
+    assert "--accumulate" in op_graph_blocker(
+        cfglib.build_config(SearchConfig, PRESETS, {"op_graphs": True, "accumulate": 2}, "progressive"),
+        torch.device("cuda"), 1)
+    s = _searcher(tmp_path, "run", "progressive", op_graphs=True)
+    assert s.op_graphs is None
+    assert "CUDA graphs per op: off: the search runs on cpu" in (tmp_path / "run" / "run.log").read_text()
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("preset", ["darts", "pcdarts", "darts2", "progressive"])
@@ -334,6 +514,37 @@ def test_cuda_graph_retraining_matches_eager_on_a_gpu(tmp_path):
     assert g is not None and g.failed is None and g.captures == 3 and g.replays == 12, (g and g.failed)
     for ra, rb in zip(runs["eager"][1], runs["graphs"][1], strict=True):
         assert abs(ra["train_loss"] - rb["train_loss"]) < 1e-3 * max(1.0, abs(ra["train_loss"]))
+    ea, gb = runs["eager"][0].net.state_dict(), runs["graphs"][0].net.state_dict()
+    for k in ea:
+        torch.testing.assert_close(gb[k].float(), ea[k].float(), rtol=1e-3, atol=1e-4, msg=k)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("arch_graphs", [False, True])
+def test_per_op_graphs_match_eager_on_a_gpu(tmp_path, arch_graphs):
+    """The real per-op capture (torch.cuda.make_graphed_callables) in the hard sampler's weight step,
+    alone and with the architecture step replayed: two epochs give the eager run's weights within fp32
+    reordering, and the run took the same paths (the samples come from the sampler's generator)."""
+    runs = {}
+    for mode in ("eager", "graphs"):
+        on = mode == "graphs"
+        s = tiny_searcher(tmp_path / mode, "progressive", device="cuda", cells=3, channels=8, batch_size=16, seed=1,
+                          skip_dropout=[0.0] * 3, embedded_size=512, op_graphs=on, cuda_graphs=on and arch_graphs)
+        sums = []
+        for epoch in range(2):
+            gens = [torch.Generator("cuda").manual_seed(100 + epoch)]
+            total = torch.zeros(4, device="cuda")
+            if s.graphed is not None:
+                s.graphed.reset()
+            for _ in range(6):
+                s.step(gens, total)
+            sums.append(total.cpu())
+        runs[mode] = (s, sums)
+    og = runs["graphs"][0].op_graphs
+    assert og is not None and og.failed is None and og.captures > 0 and og.replays > og.captures, (og and og.failed)
+    for a, b in zip(runs["eager"][1], runs["graphs"][1], strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-3)
     ea, gb = runs["eager"][0].net.state_dict(), runs["graphs"][0].net.state_dict()
     for k in ea:
         torch.testing.assert_close(gb[k].float(), ea[k].float(), rtol=1e-3, atol=1e-4, msg=k)

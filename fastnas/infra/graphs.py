@@ -74,6 +74,11 @@ class CudaGraphs:
     def synchronize(self) -> None:
         torch.cuda.synchronize()
 
+    def graphed_callable(self, fn: Callable, sample_args: tuple) -> Callable:
+        """`fn`'s forward and backward captured as two graphs (torch.cuda.make_graphed_callables: one
+        autograd node that replays them; outputs and gradients live in static buffers)."""
+        return torch.cuda.make_graphed_callables(fn, sample_args, num_warmup_iters=OpGraphs.WARMUP)
+
 
 class StepGraph:
     """Runs ``iterate(train_batches, valid_batches, sums, arch)`` -- one step on batches already drawn
@@ -135,3 +140,93 @@ class StepGraph:
         self.captures += 1
         self.graph.replay()  # the capture ran nothing: this step's update happens here
         self.replays += 1
+
+
+def _op_key(x: torch.Tensor) -> tuple:
+    """What a captured op is specialised to: its input's layout and the autocast state it ran under."""
+    dev = x.device.type
+    amp = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+    return tuple(x.shape), x.stride(), x.dtype, x.device, x.requires_grad, amp
+
+
+class OpGraphs:
+    """Single modules, each replayed as its own pair of CUDA graphs (forward, backward), for a step whose
+    path changes every time: the hard sampler's weight step runs one op per edge, a different set every
+    step, so no graph of the whole step can be replayed; each candidate op is static on its own. Call it
+    as ``op_graphs(module, x)`` in place of ``module(x)``: while :attr:`active` and in training mode with
+    autograd on, a module with parameters (a convolution; a pooling or identity is one or two launches
+    and gains nothing) is captured the first time it runs (PyTorch's "partial-network capture":
+    torch.cuda.make_graphed_callables, warm-up on a side stream, capture, one autograd node replaying the
+    forward graph and, in the backward pass, the backward graph) and replayed from then on for inputs of
+    the layout it was captured with; anything else runs the module. A sep_conv's ~8 forward and ~16
+    backward launches become two copies and two replays.
+
+    What the capture's warm-up runs changes nothing: the module's buffers (BatchNorm's running
+    statistics) are restored after it, so each step updates them once, as eagerly. A replay writes the
+    same output and gradient buffers every time, so a captured module may run once per forward and
+    backward pass (one op per edge per step: the hard weight step). A failed capture turns these graphs
+    off for the run, with the error logged, and the module runs eagerly.
+    """
+
+    WARMUP = 2
+
+    def __init__(self, log: Callable[[str], None] = print, backend=None):
+        self.backend = backend if backend is not None else CudaGraphs()
+        self.log = log
+        self.active = False
+        self.failed: str | None = None
+        self.graphs: dict[int, tuple] = {}  # id(module) -> (module, key, graphed fn, parameters)
+        self.captures = self.replays = self.eager = 0
+
+    def reset(self) -> None:
+        """Forget every captured op (a new stage builds new modules)."""
+        self.graphs.clear()
+
+    def __call__(self, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if not (self.active and self.failed is None and module.training and torch.is_grad_enabled()):
+            return module(x)
+        entry = self.graphs.get(id(module))
+        if entry is None:
+            entry = self._capture(module, x)
+            if entry is None:
+                return module(x)
+        _, key, fn, params = entry
+        if key is None or key != _op_key(x):  # nothing to gain (no parameters), or another layout
+            self.eager += 1
+            return module(x)
+        self.replays += 1
+        return fn(x, *params)
+
+    CAPTURE = "fastnas::op_graph_capture"  # the profiler range around a capture (one-off work, in traces)
+
+    def _capture(self, module: torch.nn.Module, x: torch.Tensor):
+        with torch.profiler.record_function(self.CAPTURE):
+            return self._capture_op(module, x)
+
+    def _capture_op(self, module: torch.nn.Module, x: torch.Tensor):
+        params = tuple(p for p in module.parameters() if p.requires_grad)
+        if not params:
+            entry = self.graphs[id(module)] = (module, None, None, ())
+            return entry
+        buffers = list(module.buffers())
+        saved = [b.detach().clone() for b in buffers]
+        sample = x.detach().clone().requires_grad_(x.requires_grad)
+
+        def fn(inp, *_params):  # the parameters are inputs so that the backward graph computes their grads
+            return module(inp)
+
+        try:
+            graphed = self.backend.graphed_callable(fn, (sample, *params))
+        except Exception as exc:  # noqa: BLE001 -- any capture error: say why, go on eagerly
+            text = str(exc).strip()
+            self.failed = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+            self.log(f"warning: CUDA graph capture of a candidate op failed, its weight steps go on eagerly "
+                     f"({self.failed})")
+            return None
+        finally:
+            with torch.no_grad():  # the warm-up's updates of the running statistics are not the run's
+                for b, v in zip(buffers, saved, strict=True):
+                    b.copy_(v)
+        self.captures += 1
+        entry = self.graphs[id(module)] = (module, _op_key(x), graphed, params)
+        return entry

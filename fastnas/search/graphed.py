@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import torch
 
-from fastnas.infra.graphs import CudaGraphs, StepGraph, runtime_blocker
+from fastnas.infra.graphs import CudaGraphs, OpGraphs, StepGraph, runtime_blocker
 
-__all__ = ["ARCH_STEP", "ITERATION", "CudaGraphs", "StepGraph", "graph_blocker", "graph_scope"]
+__all__ = ["ARCH_STEP", "ITERATION", "CudaGraphs", "OpGraphs", "StepGraph", "graph_blocker", "graph_scope",
+           "op_graph_blocker"]
 
 ITERATION, ARCH_STEP = "iteration", "architecture step"
 
@@ -55,3 +56,21 @@ def graph_blocker(cfg, device: torch.device, world_size: int) -> str | None:
             return ("the hard Gumbel sampler with DARTS' second order: the unrolled step reads the weight "
                     "optimizer's momentum buffers, which the eager weight step creates as each op is first sampled")
     return runtime_blocker(device, cfg.amp, world_size, "search")
+
+
+def op_graph_blocker(cfg, device: torch.device, world_size: int) -> str | None:
+    """Why a search with `cfg` cannot run its weight step's candidate ops as per-op CUDA graphs
+    (``--op-graphs``) here (None: it can)."""
+    if cfg.sampler != "gumbel-hard":
+        return (f"the {cfg.sampler} sampler runs every candidate in every step: --cuda-graphs replays its whole "
+                "iteration")
+    if device.type != "cuda":
+        return f"the search runs on {device.type}, not a GPU"
+    if world_size > 1:
+        return "several processes (DDP reduces gradients in hooks a replayed backward graph does not fire in order)"
+    if cfg.accumulate > 1:
+        return ("--accumulate: the parameters' gradients are the graphs' own buffers, which the next shard's "
+                "backward replay rewrites before autograd adds it")
+    if not hasattr(torch.cuda, "make_graphed_callables"):
+        return f"torch {torch.__version__} has no torch.cuda.make_graphed_callables"
+    return None

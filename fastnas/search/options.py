@@ -156,6 +156,10 @@ class SearchOutputs:
                                    "the iteration is static (softmax, dirichlet, gumbel-soft samplers; one process; "
                                    "no fp16); gumbel-hard: its architecture step alone (straight_through all), the "
                                    "weight step eager; elsewhere the log says why it runs eagerly")
+    op_graphs: bool = opt(False, "gumbel-hard: replay each sampled candidate convolution of the weight step as its "
+                                 "own CUDA graphs (forward, backward), every candidate captured when a stage starts: "
+                                 "a few launches per edge instead of ~25 (GPU, one process; add --cuda-graphs for "
+                                 "the architecture step)")
 
 
 # The method mechanisms the searcher asks for supernet arguments and architecture-loss terms.

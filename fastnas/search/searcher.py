@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,15 @@ from fastnas.infra.rundir import CHECKPOINT_VERSION, RunDir
 from fastnas.infra.runtime import AMP_DTYPES, amp_context, rng_state, set_rng_state
 from fastnas.search.arch_grad import ArchStep
 from fastnas.search.budget import make_budget_term
-from fastnas.search.graphed import ARCH_STEP, ITERATION, StepGraph, graph_blocker, graph_scope
+from fastnas.search.graphed import (
+    ARCH_STEP,
+    ITERATION,
+    OpGraphs,
+    StepGraph,
+    graph_blocker,
+    graph_scope,
+    op_graph_blocker,
+)
 from fastnas.search.options import MECHANISMS, SearchConfig
 from fastnas.search.results import evaluate_derived, mean_op_probabilities
 from fastnas.space.derive import cell_stats, derive_genotype, edge_scores, prune_primitives
@@ -102,6 +110,14 @@ class Searcher:
                 self.use_graphs()
             run.log(f"CUDA graphs: on for the {self.graph_scope} (one capture per epoch)" if blocker is None
                     else f"CUDA graphs: off: {blocker}")
+        # --op-graphs: the hard sampler's weight step runs each sampled convolution as its own replayed graphs
+        self.op_graphs = None
+        if cfg.op_graphs:
+            blocker = op_graph_blocker(cfg, device, world_size)
+            if blocker is None:
+                self.use_op_graphs()
+            run.log("CUDA graphs: on for each candidate op of the weight step (captured when first sampled)"
+                    if blocker is None else f"CUDA graphs per op: off: {blocker}")
 
     def use_graphs(self, backend=None) -> None:
         """Replay the iteration, or the hard sampler's architecture step, as a CUDA graph (`backend`: a
@@ -109,6 +125,13 @@ class Searcher:
         self.graph_scope = graph_scope(self.cfg)
         fn = self.iterate if self.graph_scope == ITERATION else self._static_arch_update
         self.graphed = StepGraph(fn, [self.sampler_generator], log=self.run_dir.log, backend=backend)
+
+    def use_op_graphs(self, backend=None) -> None:
+        """Run the weight step's candidate ops through per-op CUDA graphs (:class:`OpGraphs`; `backend`: a
+        stand-in for torch.cuda's graphs, in tests)."""
+        self.op_graphs = OpGraphs(log=self.run_dir.log, backend=backend)
+        if self.net is not None:
+            self.net.set_op_runner(self.op_graphs)
 
     # ----------------------------------------------------------------- building
     def build_stage(self, stage: int) -> None:
@@ -122,6 +145,9 @@ class Searcher:
         ).to(self.device, memory_format=self.memory_format)
         if self.edge_primitives is None:
             self.edge_primitives = self.net.edge_primitives
+        if self.op_graphs is not None:  # a new supernet: new ops to capture
+            self.op_graphs.reset()
+            self.net.set_op_runner(self.op_graphs)
         if self.budget is not None:
             self.budget.bind(self.net.edge_primitives)
         self.model = self.net
@@ -155,7 +181,7 @@ class Searcher:
 
     def autocast(self):
         # autocast's cast cache must be off where a CUDA graph captures the step (PyTorch's graph notes)
-        return amp_context(self.device, self.amp_dtype, cache_enabled=self.graphed is None)
+        return amp_context(self.device, self.amp_dtype, cache_enabled=self.graphed is None and self.op_graphs is None)
 
     def steps_per_epoch(self) -> int:
         steps = self.train_streams[0].batches_per_pass()
@@ -182,17 +208,20 @@ class Searcher:
         all processes)."""
         net, A = self.net, len(batches)
         detached = {k: Sample(s.weights.detach(), s.index, s.hard, s.index_list) for k, s in samples.items()}
+        if self.op_graphs is not None and not self.op_graphs.graphs and self.op_graphs.failed is None:
+            self._capture_op_graphs(batches[0][0])  # a new supernet: its ops captured before its first step
         self.w_opt.zero_grad(set_to_none=True)
         loss_sum = correct = 0
-        for v, (x, y) in enumerate(batches):
-            sync = nullcontext() if v == A - 1 or self.model is net else self.model.no_sync()
-            with sync:
-                with self.autocast():
-                    logits = self.model(x, detached)
-                    loss = F.cross_entropy(logits.float(), y)
-                self.w_scaler.scale(loss / A).backward()
-            loss_sum = loss_sum + loss.detach() * y.shape[0]
-            correct = correct + (logits.argmax(1) == y).sum()
+        with self._op_graphs_on():
+            for v, (x, y) in enumerate(batches):
+                sync = nullcontext() if v == A - 1 or self.model is net else self.model.no_sync()
+                with sync:
+                    with self.autocast():
+                        logits = self.model(x, detached)
+                        loss = F.cross_entropy(logits.float(), y)
+                    self.w_scaler.scale(loss / A).backward()
+                loss_sum = loss_sum + loss.detach() * y.shape[0]
+                correct = correct + (logits.argmax(1) == y).sum()
         # the optimizer's own list (net.weight_parameters()): walking the module tree for it took 5-25 ms
         # of host time per step on 5-17 cells (about 900-2,900 parameters), more than the step's launches
         params = self.w_opt.param_groups[0]["params"]
@@ -202,6 +231,45 @@ class Searcher:
         self.w_scaler.step(self.w_opt)
         self.w_scaler.update()
         return loss_sum, correct
+
+    def _capture_op_graphs(self, x: torch.Tensor) -> None:
+        """Capture every candidate op of the supernet at once (``--op-graphs``), instead of each the first
+        time it is sampled (which would stall steps all through the first epoch): one forward pass of a
+        uniform soft sample, where every candidate runs, on a batch of zeros of the real batch's layout,
+        under the step's autocast. It leaves nothing behind: the BatchNorm statistics it updated and the
+        random draws of skip dropout are restored, and no gradient is taken."""
+        net, graphs = self.net, self.op_graphs
+        buffers = list(net.buffers())
+        saved = [b.detach().clone() for b in buffers]
+        rng = rng_state()
+        uniform = {cell: Sample(torch.full_like(a.detach(), 1.0 / a.shape[-1]))
+                   for cell, a in net.named_arch_parameters().items()}
+        t0, before = time.perf_counter(), graphs.captures
+        with self._op_graphs_on(), torch.enable_grad(), self.autocast():
+            net(torch.zeros_like(x), uniform)
+        with torch.no_grad():
+            for b, v in zip(buffers, saved, strict=True):
+                b.copy_(v)
+        set_rng_state(rng)
+        if graphs.failed is None:
+            self.run_dir.log(f"CUDA graphs: captured {graphs.captures - before} candidate ops in "
+                             f"{time.perf_counter() - t0:.1f} s")
+
+    @contextmanager
+    def _op_graphs_on(self, on: bool = True):
+        """The sampled ops run through their per-op graphs (``--op-graphs``) inside this block: the eager
+        weight step, and the eager first-order architecture step (DARTS' second order swaps the weights
+        for unrolled ones, which a captured op would not see; a replayed architecture step is captured
+        around the modules themselves)."""
+        graphs = self.op_graphs
+        if graphs is None or not on:
+            yield
+            return
+        graphs.active = True
+        try:
+            yield
+        finally:
+            graphs.active = False
 
     def arch_loss(self, ce: torch.Tensor) -> torch.Tensor:
         """The architecture objective: the validation cross-entropy plus each configured term."""
@@ -290,7 +358,8 @@ class Searcher:
 
     def _arch_update(self, samples, batches, train_batches, sums) -> None:
         samples = {cell: self.sampler.for_arch_step(s) for cell, s in samples.items()}
-        loss, correct = self.arch_step(samples, batches, train_batches)
+        with self._op_graphs_on(self.cfg.arch_order == 1):
+            loss, correct = self.arch_step(samples, batches, train_batches)
         sums[2] += loss
         sums[3] += correct
 

@@ -83,9 +83,11 @@ class MixedOp(nn.Module):
             self.candidates.append(op)
         # P-DARTS: dropout on the (stride-1) identity, its rate raised stage by stage.
         self._skip = [k for k, n in enumerate(self.primitives) if n == "skip_connect" and stride == 1]
+        self.runner = None  # see SuperNet.set_op_runner
 
     def run(self, k: int, x: Tensor) -> Tensor:
-        y = self.candidates[k](x)
+        op = self.candidates[k]
+        y = op(x) if self.runner is None else self.runner(op, x)
         if self.skip_dropout > 0 and k in self._skip:
             y = F.dropout(y, self.skip_dropout, self.training)
         return y
@@ -299,6 +301,13 @@ class SuperNet(nn.Module):
         for cell, beta in (("normal", self.beta_normal), ("reduce", self.beta_reduce)):
             out[cell] = torch.cat([F.softmax(beta[rng.start:rng.stop], dim=-1) for rng in node_edges(self.steps)])
         return out
+
+    def set_op_runner(self, runner) -> None:
+        """Run every candidate op as ``runner(op, x)`` instead of ``op(x)`` (None: directly); the search's
+        per-op CUDA graphs (:class:`fastnas.infra.graphs.OpGraphs`) come in here."""
+        for m in self.modules():
+            if isinstance(m, MixedOp):
+                m.runner = runner
 
     def set_skip_dropout(self, p: float) -> None:
         """Dropout rate on every stride-1 skip connection (0 disables it)."""
