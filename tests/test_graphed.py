@@ -478,29 +478,37 @@ def test_cuda_graph_replay_matches_eager_on_a_gpu(tmp_path, preset):
     dropout off; fp32 reductions may reorder, hence the tolerance). progressive: the hard sampler's
     architecture step replayed, its weight step eager; both draw their samples from the sampler's
     generator, which the graph advances as eager draws do, so both runs take the same paths."""
-    runs = {}
-    stages = 3 if preset == "progressive" else 1
+    runs = _eager_and_graphed_runs(tmp_path, preset, {"cuda_graphs": True})
+    g = runs["graphs"].graphed
+    assert g is not None and g.failed is None and g.captures == 2 and g.replays == 8, (g and g.failed)
+
+
+def _eager_and_graphed_runs(tmp_path, preset, graph_options, device="cuda"):
+    """Two epochs of 6 steps of a tiny `preset` search, eagerly and with `graph_options`, from the same
+    seeds (skip dropout off): the metric sums and every parameter and buffer agree within fp32
+    reordering. The two searchers, by mode."""
+    runs, sums = {}, {}
+    stages = len(PRESETS[preset].get("cells", [5, 11, 17]))
     for mode in ("eager", "graphs"):
-        s = tiny_searcher(tmp_path / mode, preset, device="cuda", cells=3, channels=8, batch_size=16, seed=1,
-                          skip_dropout=[0.0] * stages, embedded_size=512, cuda_graphs=mode == "graphs",
-                          **({} if stages > 1 else {"ops_kept": [8]}))
-        sums = []
+        s = tiny_searcher(tmp_path / mode, preset, device=device, cells=3, channels=8, batch_size=16, seed=1,
+                          skip_dropout=[0.0] * stages, embedded_size=512, **({} if stages > 1 else {"ops_kept": [8]}),
+                          **(graph_options if mode == "graphs" else {}))
+        sums[mode] = []
         for epoch in range(2):
-            gens = [torch.Generator("cuda").manual_seed(100 + epoch)]
-            total = torch.zeros(4, device="cuda")
+            gens = [torch.Generator(device).manual_seed(100 + epoch)]
+            total = torch.zeros(4, device=device)
             if s.graphed is not None:
                 s.graphed.reset()
             for _ in range(6):
                 s.step(gens, total)
-            sums.append(total.cpu())
-        runs[mode] = (s, sums)
-    g = runs["graphs"][0].graphed
-    assert g is not None and g.failed is None and g.captures == 2 and g.replays == 8, (g and g.failed)
-    for a, b in zip(runs["eager"][1], runs["graphs"][1], strict=True):
+            sums[mode].append(total.cpu())
+        runs[mode] = s
+    for a, b in zip(sums["eager"], sums["graphs"], strict=True):
         torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-3)
-    ea, gb = runs["eager"][0].net.state_dict(), runs["graphs"][0].net.state_dict()
+    ea, gb = runs["eager"].net.state_dict(), runs["graphs"].net.state_dict()
     for k in ea:
         torch.testing.assert_close(gb[k].float(), ea[k].float(), rtol=1e-3, atol=1e-4, msg=k)
+    return runs
 
 
 @pytest.mark.cuda
@@ -528,25 +536,6 @@ def test_per_op_graphs_match_eager_on_a_gpu(tmp_path, arch_graphs):
     """The real per-op capture (torch.cuda.make_graphed_callables) in the hard sampler's weight step,
     alone and with the architecture step replayed: two epochs give the eager run's weights within fp32
     reordering, and the run took the same paths (the samples come from the sampler's generator)."""
-    runs = {}
-    for mode in ("eager", "graphs"):
-        on = mode == "graphs"
-        s = tiny_searcher(tmp_path / mode, "progressive", device="cuda", cells=3, channels=8, batch_size=16, seed=1,
-                          skip_dropout=[0.0] * 3, embedded_size=512, op_graphs=on, cuda_graphs=on and arch_graphs)
-        sums = []
-        for epoch in range(2):
-            gens = [torch.Generator("cuda").manual_seed(100 + epoch)]
-            total = torch.zeros(4, device="cuda")
-            if s.graphed is not None:
-                s.graphed.reset()
-            for _ in range(6):
-                s.step(gens, total)
-            sums.append(total.cpu())
-        runs[mode] = (s, sums)
-    og = runs["graphs"][0].op_graphs
+    runs = _eager_and_graphed_runs(tmp_path, "progressive", {"op_graphs": True, "cuda_graphs": arch_graphs})
+    og = runs["graphs"].op_graphs
     assert og is not None and og.failed is None and og.captures > 0 and og.replays > og.captures, (og and og.failed)
-    for a, b in zip(runs["eager"][1], runs["graphs"][1], strict=True):
-        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-3)
-    ea, gb = runs["eager"][0].net.state_dict(), runs["graphs"][0].net.state_dict()
-    for k in ea:
-        torch.testing.assert_close(gb[k].float(), ea[k].float(), rtol=1e-3, atol=1e-4, msg=k)
