@@ -85,7 +85,7 @@ fi
 echo "probe (a bad argument raises, no crash):"; tail -3 "$OUT/probe.txt"
 
 if want tests; then
-PYTHONPATH=$PWD timeout 150 $PY -m pytest -q -p no:cacheprovider -m cuda "${KSEL[@]}" tests > "$OUT/tests.log" 2>&1 || status=1
+PYTHONPATH=$PWD timeout 200 $PY -m pytest -q -p no:cacheprovider -m cuda "${KSEL[@]}" tests > "$OUT/tests.log" 2>&1 || status=1
 PYTHONPATH=$PWD timeout 90 $PY -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_build.py "${KSEL[@]}" \
   >> "$OUT/tests.log" 2>&1 || status=1
 grep -E "passed|failed|error" "$OUT/tests.log" | tail -4
