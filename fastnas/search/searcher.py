@@ -116,7 +116,7 @@ class Searcher:
             blocker = op_graph_blocker(cfg, device, world_size)
             if blocker is None:
                 self.use_op_graphs()
-            run.log("CUDA graphs: on for each candidate op of the weight step (captured when first sampled)"
+            run.log("CUDA graphs: on for each candidate op of the weight step (all captured when a stage starts)"
                     if blocker is None else f"CUDA graphs per op: off: {blocker}")
 
     def use_graphs(self, backend=None) -> None:
