@@ -203,8 +203,12 @@ def _shrink(name):
 
 
 # darts2 (12 s on 2 cores: second order, three forward-backward passes per step) runs in the slow tier;
-# its gradient is checked against finite differences in the default one (test_second_order_gradient_...)
-@pytest.mark.parametrize("name", ["darts", pytest.param("darts2", marks=pytest.mark.slow), "pcdarts", "gdas", "drnas"])
+# its gradient is checked against finite differences in the default one (test_second_order_gradient_...).
+# pcdarts and drnas (6 and 11 s) too: their mechanisms (partial channels, edge normalization, Dirichlet,
+# the continued network) have their own default-tier tests (test_supernet, test_sampler, test_fidelity)
+@pytest.mark.parametrize("name", ["darts", pytest.param("darts2", marks=pytest.mark.slow),
+                                  pytest.param("pcdarts", marks=pytest.mark.slow), "gdas",
+                                  pytest.param("drnas", marks=pytest.mark.slow)])
 def test_method_presets_run(tmp_path, name):
     out = tmp_path / name
     assert main([*_shrink(name), "--out", str(out)]) == 0

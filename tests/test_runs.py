@@ -83,6 +83,7 @@ def test_live_lock_refuses_a_second_process(tmp_path, capsys):
     assert not (out / ".lock").exists(), "a finished run releases its lock"
 
 
+@pytest.mark.slow  # two whole search processes (8 s on 2 cores); the stale-lock takeover above stays default
 def test_two_processes_one_out(tmp_path):
     """Started together on one --out: one run completes, the other stops with one line, nothing mixed."""
     out = tmp_path / "run"
