@@ -20,6 +20,7 @@ it was meant for is taken eagerly and no update is lost.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import torch
 
@@ -38,6 +39,26 @@ def runtime_blocker(device: torch.device, amp: str, world_size: int, run: str) -
     if not hasattr(torch.cuda, "CUDAGraph"):
         return f"torch {torch.__version__} has no torch.cuda.CUDAGraph"
     return None
+
+
+def _describe(exc: Exception) -> str:
+    """A capture error in one line: its type and the first line of its message."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+@contextmanager
+def kept_buffers(module: torch.nn.Module):
+    """Undo at the end of the block whatever it wrote into `module`'s buffers (BatchNorm's running
+    statistics): a capture's warm-up runs are not the run's steps."""
+    buffers = list(module.buffers())
+    saved = [b.detach().clone() for b in buffers]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, v in zip(buffers, saved, strict=True):
+                b.copy_(v)
 
 
 def _copy_into(static: Batches, batches: Batches) -> None:
@@ -129,8 +150,7 @@ class StepGraph:
         try:
             graph = self.backend.capture(lambda: self.iterate(static_train, static_valid, sums, arch), self.generators)
         except Exception as exc:  # noqa: BLE001 -- any capture error: say why, go on eagerly
-            text = str(exc).strip()
-            self.failed = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+            self.failed = _describe(exc)
             self.reset()
             self.log(f"warning: CUDA graph capture failed, the run goes on with eager steps ({self.failed})")
             self.backend.synchronize()
@@ -187,7 +207,8 @@ class OpGraphs:
             return module(x)
         entry = self.graphs.get(id(module))
         if entry is None:
-            entry = self._capture(module, x)
+            with torch.profiler.record_function(self.CAPTURE):
+                entry = self._capture(module, x)
             if entry is None:
                 return module(x)
         _, key, fn, params = entry
@@ -200,33 +221,23 @@ class OpGraphs:
     CAPTURE = "fastnas::op_graph_capture"  # the profiler range around a capture (one-off work, in traces)
 
     def _capture(self, module: torch.nn.Module, x: torch.Tensor):
-        with torch.profiler.record_function(self.CAPTURE):
-            return self._capture_op(module, x)
-
-    def _capture_op(self, module: torch.nn.Module, x: torch.Tensor):
         params = tuple(p for p in module.parameters() if p.requires_grad)
         if not params:
             entry = self.graphs[id(module)] = (module, None, None, ())
             return entry
-        buffers = list(module.buffers())
-        saved = [b.detach().clone() for b in buffers]
         sample = x.detach().clone().requires_grad_(x.requires_grad)
 
         def fn(inp, *_params):  # the parameters are inputs so that the backward graph computes their grads
             return module(inp)
 
         try:
-            graphed = self.backend.graphed_callable(fn, (sample, *params))
+            with kept_buffers(module):  # the warm-up's updates of the running statistics are not the run's
+                graphed = self.backend.graphed_callable(fn, (sample, *params))
         except Exception as exc:  # noqa: BLE001 -- any capture error: say why, go on eagerly
-            text = str(exc).strip()
-            self.failed = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+            self.failed = _describe(exc)
             self.log(f"warning: CUDA graph capture of a candidate op failed, its weight steps go on eagerly "
                      f"({self.failed})")
             return None
-        finally:
-            with torch.no_grad():  # the warm-up's updates of the running statistics are not the run's
-                for b, v in zip(buffers, saved, strict=True):
-                    b.copy_(v)
         self.captures += 1
         entry = self.graphs[id(module)] = (module, _op_key(x), graphed, params)
         return entry

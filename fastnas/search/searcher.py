@@ -28,6 +28,7 @@ from fastnas.infra import config as cfglib
 from fastnas.infra import distributed
 from fastnas.infra.console import progress_bar
 from fastnas.infra.errors import RunError
+from fastnas.infra.graphs import kept_buffers
 from fastnas.infra.rundir import CHECKPOINT_VERSION, RunDir
 from fastnas.infra.runtime import AMP_DTYPES, amp_context, rng_state, set_rng_state
 from fastnas.search.arch_grad import ArchStep
@@ -239,17 +240,12 @@ class Searcher:
         under the step's autocast. It leaves nothing behind: the BatchNorm statistics it updated and the
         random draws of skip dropout are restored, and no gradient is taken."""
         net, graphs = self.net, self.op_graphs
-        buffers = list(net.buffers())
-        saved = [b.detach().clone() for b in buffers]
         rng = rng_state()
         uniform = {cell: Sample(torch.full_like(a.detach(), 1.0 / a.shape[-1]))
                    for cell, a in net.named_arch_parameters().items()}
         t0, before = time.perf_counter(), graphs.captures
-        with self._op_graphs_on(), torch.enable_grad(), self.autocast():
+        with kept_buffers(net), self._op_graphs_on(), torch.enable_grad(), self.autocast():
             net(torch.zeros_like(x), uniform)
-        with torch.no_grad():
-            for b, v in zip(buffers, saved, strict=True):
-                b.copy_(v)
         set_rng_state(rng)
         if graphs.failed is None:
             self.run_dir.log(f"CUDA graphs: captured {graphs.captures - before} candidate ops in "
