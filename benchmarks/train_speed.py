@@ -44,6 +44,10 @@ CONFIGS = {
     "trainer+bf16+cuda_graphs": {"trainer": True, "amp": "bf16", "cuda_graphs": True},
     "trainer+bf16+channels_last+cuda_graphs": {"trainer": True, "amp": "bf16", "channels_last": True,
                                                "cuda_graphs": True},
+    # fastnas train --compile --compile-mode reduce-overhead: inductor's fused kernels, replayed as CUDA
+    # graphs on a GPU (the CPU compiles it as the default mode)
+    "trainer+bf16+channels_last+compile": {"trainer": True, "amp": "bf16", "channels_last": True, "compile": True,
+                                           "compile_mode": "reduce-overhead"},
 }
 
 
@@ -117,7 +121,8 @@ def trainer_worker(name: str, device: str, batch: int, steps: int, seeds: int = 
                 prev = row
             curves.append(curve)
             g = t.graphed
-            modes.append("eager" if not cfg.cuda_graphs else "eager (no graphs here)" if g is None
+            modes.append(f"compiled ({cfg.compile_mode})" if cfg.compile else "eager" if not cfg.cuda_graphs
+                         else "eager (no graphs here)" if g is None
                          else f"graphs failed: {g.failed}" if g.failed else f"cuda graphs ({g.replays} replays)")
     rate = statistics.median(rates)
     return {"config": name, "device": device, "batch": batch, "channels": channels, "layers": layers,

@@ -35,8 +35,8 @@ def dry_run(out: Path, budget: int, steps: str | None = None) -> list[tuple[int,
 
 def kind(command: str) -> str:
     """The step a planned command belongs to."""
-    for key, name in [(" -m pytest", "tests"), ("train_speed.py", "train"), ("--op-graphs", "graphs"),
-                      ("--cuda-graphs --presets", "graphs"), ("method_step.py", "method"),
+    for key, name in [(" -m pytest", "tests"), ("+compile", "compile"), ("train_speed.py", "train"),
+                      ("--op-graphs", "graphs"), ("--cuda-graphs --presets", "graphs"), ("method_step.py", "method"),
                       ("fastnas.search", "search"), ("compare_ops.py", "ops")]:
         if key in command:
             return name
@@ -46,9 +46,9 @@ def kind(command: str) -> str:
 def test_unlimited_plan_runs_every_step_most_important_first(tmp_path):
     rows = dry_run(tmp_path, budget=100_000)
     kinds = [kind(c) for _, _, c in rows]
-    order = ["tests", "train", "method", "graphs", "search", "ops"]
+    order = ["tests", "train", "method", "graphs", "search", "compile", "ops"]
     assert sorted(set(kinds), key=order.index) == order
-    assert kinds == sorted(kinds, key=order.index), kinds  # tests, then target 1, 3, 2, the op benchmark
+    assert kinds == sorted(kinds, key=order.index), kinds  # tests, targets 1, 3, 2, then the extras
     assert sum(c.count("fastnas.search") for _, _, c in rows) == 3  # the three stages, each measured
     assert not (tmp_path / "skipped.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["done", "plan.txt", "targets.json"]  # no logs
@@ -80,8 +80,69 @@ def test_second_call_runs_only_what_the_first_left(tmp_path):
         (done / step).write_text("2026-12-03T00:00:00\n")
     rows = dry_run(tmp_path, budget=100_000)
     commands = [c for _, _, c in rows]
-    assert [kind(c) for c in commands] == ["search", "search", "ops"]
+    assert [kind(c) for c in commands] == ["search", "search", "compile", "ops"]
     assert "--cells 11" in commands[0] and "--cells 17" in commands[1]  # stage 1 was measured already
     # selecting steps by name still leaves out what is done
     rows = dry_run(tmp_path, budget=100_000, steps="train search")
     assert [kind(c) for _, _, c in rows] == ["search", "search"]
+
+
+def _write(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(obj if isinstance(obj, str) else json.dumps(obj))
+
+
+def test_targets_are_read_from_the_result_files(tmp_path):
+    """targets.json from result files in the formats the benchmark scripts write (no step runs)."""
+    def trainer(config, rate, warmup=2.0):
+        return {"config": config, "images_per_s": rate, "peak_mb": 5000.0, "warmup_s": warmup}
+
+    _write(tmp_path / "train_speed_cuda.json", [trainer("trainer", 1000.0), trainer("trainer+cuda_graphs", 3000.0),
+                                                trainer("trainer+bf16+channels_last+cuda_graphs", 4500.0)])
+    _write(tmp_path / "loss_curve.json", {"configs": {
+        "trainer": {"final_loss": 1.9, "within_noise": None},
+        "trainer+cuda_graphs": {"final_loss": 1.91, "within_noise": True},
+        "trainer+bf16+channels_last+cuda_graphs": {"final_loss": 1.92, "within_noise": True}}})
+    # the compiled step is the fastest but trains differently: reported, not chosen
+    _write(tmp_path / "compile" / "train_speed_cuda.json",
+           [trainer("trainer", 990.0), trainer("trainer+bf16+channels_last+compile", 5000.0, 95.0)])
+    _write(tmp_path / "compile" / "loss_curve.json", {"configs": {
+        "trainer": {"final_loss": 1.89, "within_noise": None},
+        "trainer+bf16+channels_last+compile": {"final_loss": 2.5, "within_noise": False}}})
+    eager = {"darts": 100.0, "darts2": 20.0, "pcdarts": 60.0, "drnas": 80.0, "pdarts": 90.0, "gdas": 200.0,
+             "progressive": 210.0}
+    _write(tmp_path / "method_step.json", [{"preset": p, "images_per_s": r, "mode": "eager"} for p, r in eager.items()])
+    _write(tmp_path / "graphs" / "method_step.json",
+           [{"preset": p, "images_per_s": 3 * eager[p], "mode": "cuda graphs: iteration (10 replays)"}
+            for p in ("darts", "darts2", "pcdarts", "drnas", "pdarts")]
+           + [{"preset": "progressive", "images_per_s": 400.0, "mode": "cuda graphs: architecture step (10 replays)"}])
+    _write(tmp_path / "op_graphs" / "method_step.json", [
+        {"preset": "progressive", "images_per_s": 600.0, "mode": "cuda graphs: architecture step (10 replays); "
+                                                                  "per-op graphs: 464 ops, 300 replays"},
+        {"preset": "gdas", "images_per_s": 300.0, "mode": "eager; per-op graphs: 464 ops, 300 replays"}])
+    for s, secs in ((1, 7.0), (2, 12.0), (3, 18.0)):
+        _write(tmp_path / f"search_stage{s}" / "metrics.jsonl",
+               json.dumps({"stage": 1, "epoch": 1, "warmup": False, "epoch_time_s": secs}) + "\n")
+        _write(tmp_path / f"search_stage{s}.log", "CUDA graphs: on for the architecture step (one capture "
+               f"per epoch)\nstage 1 epoch 1/1: ...\nsearch time {secs}s; results in x\n")
+    _write(tmp_path / "sync_free.log", "......\n6 passed in 3.20s\n")
+    assert dry_run(tmp_path, budget=560, steps="none") == []
+    t = json.loads((tmp_path / "targets.json").read_text())
+    assert t["retrain_mode"] == "trainer+bf16+channels_last+cuda_graphs" and t["retrain_img_s"] == 4500.0
+    assert t["retrain_loss_within_noise"] is True
+    assert t["retrain_not_within_noise"] == ["trainer+bf16+channels_last+compile"]
+    assert t["retrain_compile"] == {"trainer+bf16+channels_last+compile": {"img_s": 5000.0, "warmup_s": 95.0,
+                                                                            "within_noise": False}}
+    assert t["retrain_final_loss"]["trainer"] == 1.9  # eager fp32 of the main run, not the compile folder's
+    assert t["retrain_600_epochs_h"] == round(600 * 50000 / 4500 / 3600, 2)
+    assert t["softmax_family_speedup"] == {"darts": round(300 / 51.1, 2), "pcdarts": round(180 / 33.8, 2),
+                                           "drnas": round(240 / 42.6, 2), "pdarts": round(270 / 44.4, 2)}
+    assert t["darts2_speedup"] == round(60 / 14.4, 2)
+    assert t["op_graphs_vs_without"] == {"progressive": 1.5, "gdas": 1.5}
+    assert t["search_stage_epoch_s"] == [7.0, 12.0, 18.0] and t["sync_free"] is True
+    from fastnas.search import PRESETS, SearchConfig
+
+    epochs = PRESETS["progressive"].get("epochs", SearchConfig().epochs)
+    assert t["search_total_min"] == round(sum(n * e for n, e in zip(epochs, [7.0, 12.0, 18.0], strict=True)) / 60, 1)
+    assert t["search_stage_graphs"] == ["on for the architecture step (one capture per epoch)"] * 3
+    assert t["search_mode"]["darts"] == "cuda_graphs" and t["search_mode"]["gdas"] == "eager"
