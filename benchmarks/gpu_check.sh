@@ -149,7 +149,8 @@ fi
 
 # Retraining throughput (issue 20, target 1: >= 4,000 images/s at batch 96, 600 epochs in 2.1 hours): the
 # bare step (fp32, bf16; $OUT/bare) and fastnas train's own step (data on the device, cutout, aux head,
-# drop-path) eager and with --cuda-graphs, side by side; batch 128 for the graphed modes. The trainer
+# drop-path) eager and with --cuda-graphs, side by side; batch 128 for the graphed modes, and the fastest
+# of them with cuDNN's heuristics instead of its autotuner (--no-cudnn-benchmark; on since 2026-12-03). The trainer
 # configs train two seeds for 124 steps each and record every step's loss: loss_curve.py then says whether
 # each faster mode trains as eager fp32 does, within seed-to-seed noise ($OUT/loss_curve.{md,png}). The
 # compiled configs are left to `benchmarks/train_speed.py` alone: their compile time does not fit this check.
@@ -158,16 +159,22 @@ if want train; then
   run 240 "$OUT/bench.log" $PY benchmarks/train_speed.py --device cuda --batch 96 --steps 120 --seeds 2 \
     --configs trainer,trainer+cuda_graphs,trainer+bf16+cuda_graphs,trainer+bf16+channels_last+cuda_graphs \
     --out "$OUT" || status=1
-  run 80 "$OUT/bench.log" $PY benchmarks/train_speed.py --device cuda --batch 128 --steps 20 \
-    --configs trainer+cuda_graphs,trainer+bf16+channels_last+cuda_graphs --out "$OUT/b128" || status=1
+  run 100 "$OUT/bench.log" $PY benchmarks/train_speed.py --device cuda --batch 128 --steps 20 \
+    --configs trainer+cuda_graphs,trainer+bf16+channels_last+cuda_graphs,trainer+bf16+channels_last+cuda_graphs+no_cudnn_benchmark \
+    --out "$OUT/b128" || status=1
   run 90 "$OUT/bench.log" $PY benchmarks/train_speed.py --device cuda --batch 96 --steps 20 --configs fp32,bf16 \
     --out "$OUT/bare" || status=1
   finish train
 fi
 # One search iteration per method preset (C=16, 8 cells, batch 32), side by side (issue 20, target 3).
+# Their speed-ups in targets.json are against the table of 2026-11-29, which ran with cuDNN's heuristics.
 if want method; then
   begin method
   run 150 "$OUT/bench.log" $PY benchmarks/method_step.py --device cuda --iters 5 --out "$OUT" || status=1
+  # cuDNN's autotuner (on by default since 2026-12-03; the table of 2026-11-29 ran without it) against its
+  # heuristics, on a softmax preset and the default one
+  run 90 "$OUT/bench.log" $PY benchmarks/method_step.py --device cuda --iters 5 --presets darts progressive \
+    --no-cudnn-benchmark --out "$OUT/no_cudnn_benchmark" || status=1
   finish method
 fi
 # The static presets again with --cuda-graphs (each iteration replayed as one CUDA graph; progressive: its
@@ -246,6 +253,8 @@ fi
 [ -s "$OUT/skipped.txt" ] && { echo "skipped or cut by the budget ($OUT/skipped.txt):"; cat "$OUT/skipped.txt"; }
 echo "== method presets, one iteration ($OUT/method_step.md) =="
 cat "$OUT/method_step.md" 2>/dev/null
+echo "== two of them with cuDNN's heuristics instead of its autotuner ($OUT/no_cudnn_benchmark/method_step.md) =="
+cat "$OUT/no_cudnn_benchmark/method_step.md" 2>/dev/null
 echo "== the same with --cuda-graphs ($OUT/graphs/method_step.md) =="
 cat "$OUT/graphs/method_step.md" 2>/dev/null
 echo "== the hard sampler with --cuda-graphs --op-graphs ($OUT/op_graphs/method_step.md) =="
@@ -322,6 +331,15 @@ def graphs_in_log(s):  # the stage's "CUDA graphs: ..." line, and a capture fail
         return None
     lines = [ln.split(": ", 1)[-1] for ln in text.splitlines() if "CUDA graph" in ln]
     return "; ".join(lines) or "eager"
+def cudnn_ab():  # (rate with the autotuner, rate with the heuristics) per measured pair
+    pairs = {}
+    heur = {r["preset"]: r["images_per_s"] for r in rows("no_cudnn_benchmark/method_step.json") if "images_per_s" in r}
+    pairs.update({p: (eager[p], heur[p]) for p in heur if p in eager})
+    b128 = {r["config"]: r["images_per_s"] for r in rows("b128/train_speed_cuda.json") if "images_per_s" in r}
+    on = "trainer+bf16+channels_last+cuda_graphs"
+    if on in b128 and on + "+no_cudnn_benchmark" in b128:
+        pairs["retrain (batch 128, " + on + ")"] = (b128[on], b128[on + "+no_cudnn_benchmark"])
+    return pairs
 total = None
 if all(e is not None for e in epochs):
     from fastnas.search import PRESETS, SearchConfig
@@ -350,7 +368,9 @@ targets = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() e
            "op_graphs_vs_without": {p: round(per_op[p] / without[p], 2) for p in per_op if without.get(p)} or None,
            # which mode gave each search rate above, and the graphs' gain over eager in this run
            "search_mode": {p: "cuda_graphs" if graphed.get(p, 0) > eager.get(p, 0) else "eager" for p in method},
-           "cuda_graphs_vs_eager": {p: round(graphed[p] / eager[p], 2) for p in graphed if p in eager} or None}
+           "cuda_graphs_vs_eager": {p: round(graphed[p] / eager[p], 2) for p in graphed if p in eager} or None,
+           # cuDNN's autotuner against its heuristics: search iterations (eager) and the retraining step
+           "cudnn_benchmark_vs_heuristics": {k: round(on / off, 2) for k, (on, off) in cudnn_ab().items()} or None}
 (out / "targets.json").write_text(json.dumps(targets, indent=1) + "\n")
 print("targets.json:", json.dumps(targets))
 PYEOF

@@ -31,11 +31,12 @@ PUBLISHED = {"darts": "1.5 (1st order)", "darts2": "4 (2nd order, the DARTS pape
 
 
 def worker(name: str, batch: int, channels: int, cells: int, iters: int, device: str, graphs: bool = False,
-           op_graphs: bool = False) -> dict:
+           op_graphs: bool = False, cudnn_benchmark: bool = True) -> dict:
     import torch
 
     from fastnas.infra import config as cfglib
     from fastnas.infra.rundir import RunDir
+    from fastnas.infra.runtime import configure_cudnn
     from fastnas.search import PRESETS as P
     from fastnas.search import SearchConfig, Searcher
 
@@ -45,8 +46,10 @@ def worker(name: str, batch: int, channels: int, cells: int, iters: int, device:
     cli = {"preset": name, "cells": [cells] * stages, "channels": [channels] * stages, "batch_size": batch,
            "warmup_epochs": [0] * stages, "epochs": [2] * stages, "max_steps": iters, "device": device,
            "embedded_size": 4 * batch * iters, "plots": False, "derived_eval_images": 0,
-           "partial_channels": [ks[0]] * stages, "cuda_graphs": graphs, "op_graphs": op_graphs}
+           "partial_channels": [ks[0]] * stages, "cuda_graphs": graphs, "op_graphs": op_graphs,
+           "cudnn_benchmark": cudnn_benchmark}
     cfg = cfglib.build_config(SearchConfig, P, cli, "progressive")
+    configure_cudnn(cfg.cudnn_benchmark, cfg.deterministic)  # as fastnas search sets it up
     dev = torch.device(device)
     with tempfile.TemporaryDirectory() as tmp:
         run = RunDir(tmp)
@@ -98,18 +101,21 @@ def main(argv=None) -> int:
                                                                  "each iteration as a CUDA graph on a GPU)")
     p.add_argument("--op-graphs", action="store_true", help="search with --op-graphs (the hard sampler's weight "
                                                                "step replays each sampled convolution's graphs)")
+    p.add_argument("--no-cudnn-benchmark", dest="cudnn_benchmark", action="store_false",
+                   help="cuDNN's heuristic algorithm choice instead of its autotuner (fastnas search's default)")
     p.add_argument("--out", default=None, help="write method_step.json and .md into this folder")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
         return harness.worker_reply(worker(a.worker, a.batch, a.channels, a.cells, a.iters, a.device, a.cuda_graphs,
-                                           a.op_graphs))
+                                           a.op_graphs, a.cudnn_benchmark))
     rows = []
     for name in a.presets:
         row = harness.run_worker(__file__, name, ["--batch", a.batch, "--channels", a.channels, "--cells", a.cells,
                                                   "--iters", a.iters, "--device", a.device,
                                                   *(["--cuda-graphs"] if a.cuda_graphs else []),
-                                                  *(["--op-graphs"] if a.op_graphs else [])])
+                                                  *(["--op-graphs"] if a.op_graphs else []),
+                                                  *([] if a.cudnn_benchmark else ["--no-cudnn-benchmark"])])
         if "error" in row:
             print(f"{name}: failed: {row['error']}", flush=True)
             continue
@@ -117,7 +123,8 @@ def main(argv=None) -> int:
         print(json.dumps(rows[-1]), flush=True)  # each preset as it finishes: a time limit keeps what ran
     base = next((r for r in rows if r["preset"] == "darts"), rows[0] if rows else None)
     lines = [f"One search iteration (weight step + architecture step), C={a.channels}, {a.cells} cells, batch "
-             f"{a.batch}, {a.device}, {a.iters} iterations timed per preset", "",
+             f"{a.batch}, {a.device}, {a.iters} iterations timed per preset"
+             + ("" if a.cudnn_benchmark else ", cuDNN's heuristic algorithms (--no-cudnn-benchmark)"), "",
              "| preset | sampler | K | edge norm | order | step | s/iter | images/s | vs darts | peak MB "
              "| published GPU-days |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

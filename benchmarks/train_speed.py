@@ -48,6 +48,10 @@ CONFIGS = {
     # graphs on a GPU (the CPU compiles it as the default mode)
     "trainer+bf16+channels_last+compile": {"trainer": True, "amp": "bf16", "channels_last": True, "compile": True,
                                            "compile_mode": "reduce-overhead"},
+    # the same step with cuDNN's heuristic algorithm choice instead of its autotuner (--no-cudnn-benchmark;
+    # every other config times the algorithms, as fastnas train does by default)
+    "trainer+bf16+channels_last+cuda_graphs+no_cudnn_benchmark": {
+        "trainer": True, "amp": "bf16", "channels_last": True, "cuda_graphs": True, "cudnn_benchmark": False},
 }
 
 
@@ -74,6 +78,7 @@ def trainer_worker(name: str, device: str, batch: int, steps: int, seeds: int = 
 
     from fastnas.infra import config as cfglib
     from fastnas.infra.rundir import RunDir
+    from fastnas.infra.runtime import configure_cudnn
     from fastnas.space.genotype import published
     from fastnas.train import PRESETS, TrainConfig, Trainer
 
@@ -89,6 +94,7 @@ def trainer_worker(name: str, device: str, batch: int, steps: int, seeds: int = 
         cli = {"genotype": "DARTS_V2", "device": device, "batch_size": batch, "embedded_size": batch * (steps + 8),
                "plots": False, "export": False, "seed": seed, "channels": channels, "layers": layers, **opts}
         cfg = cfglib.build_config(TrainConfig, PRESETS, cli, "darts")
+        configure_cudnn(cfg.cudnn_benchmark, cfg.deterministic)  # as fastnas train sets it up
         with tempfile.TemporaryDirectory() as tmp, RunDir(tmp) as run:
             torch.manual_seed(seed)
             t = Trainer(cfg, run, dev, published("DARTS_V2"))
@@ -138,11 +144,13 @@ def worker(name: str, device: str, batch: int, steps: int, seeds: int = 1, chann
     import torch
     import torch.nn.functional as F
 
+    from fastnas.infra.runtime import configure_cudnn
     from fastnas.space.genotype import PUBLISHED
     from fastnas.space.network import EvalNetwork
 
     opts = CONFIGS[name]
     dev = torch.device(device)
+    configure_cudnn(opts.get("cudnn_benchmark", True), False)
     torch.manual_seed(0)
     fmt = torch.channels_last if opts.get("channels_last") else torch.contiguous_format
     net = EvalNetwork(PUBLISHED["DARTS_V2"], channels, layers, 10, auxiliary=True, drop_path=0.2)

@@ -196,7 +196,7 @@ def test_search_config_keeps_every_option_of_the_flat_format():
         fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "out"}
         added = ADDED_SINCE if cls is SearchConfig else {"nesterov": False, "data_on_device": True,
                                                          "scale_lr": True, "compile_mode": "default",
-                                                         "cuda_graphs": False}
+                                                         "cuda_graphs": False, "cudnn_benchmark": True}
         assert sorted(previous) == sorted(set(fields) - set(added))
         # an option added since defaults to what earlier runs computed, so their saved configs resume alike
         for name, old_behaviour in added.items():
@@ -206,8 +206,9 @@ def test_search_config_keeps_every_option_of_the_flat_format():
 # Options added since that release, with the value that computes what runs before them computed.
 ADDED_SINCE = {"nesterov": False, "arch_first": False, "pool_bn": True, "final_bn_relu": False,
                "derivation": "darts", "derive_from": "sampler", "stage_transition": "rebuild", "max_param_free": -1,
-               # on CPU, where every saved run before it ran, it changes nothing
-               "data_on_device": True,
+               # on CPU, where every saved run before it ran, it changes nothing (cudnn_benchmark on a GPU:
+               # another algorithm for the same convolution, not another computation)
+               "data_on_device": True, "cudnn_benchmark": True,
                # a saved config (resumed, or given to --config) names every learning rate: none is rescaled
                "scale_lr": True,
                # off: eager steps, as before
@@ -253,3 +254,29 @@ def test_typed_learning_rates_and_the_preset_batch_are_kept(tmp_path):
     cfg = build_config(TrainConfig, TRAIN_PRESETS, {"genotype": "DARTS_V2", "config": str(tmp_path / "b.yaml")},
                        "darts")
     assert cfg.lr == pytest.approx(2 * TRAIN_PRESETS["darts"].get("lr", 0.025))
+
+
+@pytest.mark.parametrize("argv, expected", [([], True), (["--no-cudnn-benchmark"], False),
+                                            (["--deterministic"], False)])
+def test_cudnn_autotuner_follows_the_options(tmp_path, monkeypatch, argv, expected):
+    """A run sets cuDNN's autotuner from --cudnn-benchmark (on by default, as DARTS' scripts do) and
+    leaves it off under --deterministic; the option is saved with the run and may change on resume."""
+    import torch
+
+    from fastnas.cli import search as search_cli
+    from fastnas.cli.common import execute
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", not expected)  # restored after the test
+    # execute() under --deterministic turns on torch's deterministic algorithms: all restored afterwards
+    was = torch.are_deterministic_algorithms_enabled()
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", torch.backends.cudnn.deterministic)
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    try:
+        launch = search_cli.launch(search_cli.parse_args(["--device", "cpu", "--out", str(tmp_path / "run"), *argv]))
+        seen = execute(launch, lambda launch, run, ctx, device: torch.backends.cudnn.benchmark)
+    finally:
+        torch.use_deterministic_algorithms(was)
+    assert seen is expected
+    assert f"cudnn_benchmark: {'false' if '--no-cudnn-benchmark' in argv else 'true'}" in (
+        tmp_path / "run" / "config.yaml").read_text()
+    assert "cudnn_benchmark" in search_cli.MAY_CHANGE

@@ -126,6 +126,13 @@ def test_targets_are_read_from_the_result_files(tmp_path):
         _write(tmp_path / f"search_stage{s}.log", "CUDA graphs: on for the architecture step (one capture "
                f"per epoch)\nstage 1 epoch 1/1: ...\nsearch time {secs}s; results in x\n")
     _write(tmp_path / "sync_free.log", "......\n6 passed in 3.20s\n")
+    _write(tmp_path / "no_cudnn_benchmark" / "method_step.json",
+           [{"preset": "darts", "images_per_s": 80.0, "mode": "eager"},
+            {"preset": "progressive", "images_per_s": 210.0, "mode": "eager"}])
+    fast = "trainer+bf16+channels_last+cuda_graphs"
+    _write(tmp_path / "b128" / "train_speed_cuda.json",
+           [trainer("trainer+cuda_graphs", 3200.0), trainer(fast, 4800.0),
+            trainer(fast + "+no_cudnn_benchmark", 3200.0)])
     assert dry_run(tmp_path, budget=560, steps="none") == []
     t = json.loads((tmp_path / "targets.json").read_text())
     assert t["retrain_mode"] == "trainer+bf16+channels_last+cuda_graphs" and t["retrain_img_s"] == 4500.0
@@ -146,3 +153,5 @@ def test_targets_are_read_from_the_result_files(tmp_path):
     assert t["search_total_min"] == round(sum(n * e for n, e in zip(epochs, [7.0, 12.0, 18.0], strict=True)) / 60, 1)
     assert t["search_stage_graphs"] == ["on for the architecture step (one capture per epoch)"] * 3
     assert t["search_mode"]["darts"] == "cuda_graphs" and t["search_mode"]["gdas"] == "eager"
+    assert t["cudnn_benchmark_vs_heuristics"] == {"darts": 1.25, "progressive": 1.0,
+                                                  f"retrain (batch 128, {fast})": 1.5}

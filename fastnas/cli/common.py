@@ -16,7 +16,7 @@ from fastnas.infra import config as cfglib
 from fastnas.infra import distributed
 from fastnas.infra.errors import FastnasError
 from fastnas.infra.rundir import RunDir, default_run_dir, load_checkpoint, tracking_runs
-from fastnas.infra.runtime import choose_threads, resolve_device, seed_everything
+from fastnas.infra.runtime import choose_threads, configure_cudnn, resolve_device, seed_everything
 
 
 def description(doc: str) -> str:
@@ -159,6 +159,7 @@ def execute(launch: Launch, body):
     launch.path = Path(distributed.broadcast_object(str(launch.path)))
     try:
         seed_everything(cfg.seed, cfg.deterministic)
+        configure_cudnn(cfg.cudnn_benchmark, cfg.deterministic)
         with RunDir(launch.path, enabled=ctx.is_main, resume=launch.resumed, overwrite=launch.overwrite) as run:
             if run.moved_aside:
                 run.log(f"--overwrite: the run that was in {launch.path} is now in {run.moved_aside}")

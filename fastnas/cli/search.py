@@ -14,7 +14,7 @@ from fastnas.search import PRESETS, SearchConfig, Searcher, upgrade_saved, write
 from fastnas.space.genotype import Genotype
 
 # What --resume may change: where and how wide the run executes, never what it computes.
-MAY_CHANGE = ("device", "workers", "dist_timeout", "accumulate")
+MAY_CHANGE = ("device", "workers", "dist_timeout", "cudnn_benchmark", "accumulate")
 
 
 def parse_args(argv=None) -> dict:

@@ -19,7 +19,7 @@ from fastnas.space.genotype import Genotype, resolve_genotype
 from fastnas.train import PRESETS, TrainConfig, Trainer, export_model, model_report
 
 # What --resume may change: where and how wide the run executes, never what it computes.
-MAY_CHANGE = ("device", "workers", "dist_timeout")
+MAY_CHANGE = ("device", "workers", "dist_timeout", "cudnn_benchmark")
 
 
 def parse_args(argv=None) -> dict:

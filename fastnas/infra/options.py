@@ -26,6 +26,9 @@ class RunOptions:
     image_size: int = opt(32, "image side for the folder dataset", ge=8, le=4096)
     seed: int = opt(0, "random seed (data split, initialization, sampling)", ge=0, le=2**63 - 1)
     deterministic: bool = opt(False, "deterministic algorithms: a resumed run ends like an uninterrupted one")
+    cudnn_benchmark: bool = opt(True, "let cuDNN time its convolution algorithms on each new shape and keep the "
+                                      "fastest (as DARTS' train.py and train_search.py do); off under --deterministic, "
+                                      "no effect on a CPU")
     amp: str = opt("off", "mixed precision", choices=["off", "bf16", "fp16"])
     channels_last: bool = opt(False, "channels_last memory format")
     data_on_device: bool = opt(True, "hold the dataset in the GPU's memory when it takes at most a tenth of it, "

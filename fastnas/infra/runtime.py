@@ -46,6 +46,15 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.deterministic = True
 
 
+def configure_cudnn(benchmark: bool, deterministic: bool) -> None:
+    """cuDNN's autotuner on or off for this process (``--cudnn-benchmark``): on, the first call with a new
+    convolution shape times the candidate algorithms and later calls use the fastest. The shapes of a
+    search stage and of a retraining run are fixed, so it pays once; under ``--deterministic`` it stays
+    off (the timing may pick a different algorithm per run). A CUDA graph's capture follows eager warm-up
+    steps, so no timing happens inside a capture."""
+    torch.backends.cudnn.benchmark = bool(benchmark) and not deterministic
+
+
 def rng_state() -> dict:
     """Every generator's state in plain types and tensors, so a checkpoint loads with weights_only=True."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
