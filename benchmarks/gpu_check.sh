@@ -190,11 +190,11 @@ if want graphs; then
     --op-graphs --presets progressive gdas --out "$OUT/op_graphs" || status=1
   finish graphs
 fi
-# How long a whole search takes (issue 20, target 2): one full epoch of each of the default preset's three
-# stages (5 cells / 8 ops, 11 / 5, 17 / 3; C=16; gumbel-hard; weight + architecture step) on CIFAR-10-sized
-# data (25,000 + 25,000 generated images), each measured, none projected. With --cuda-graphs unless
-# SEARCH_GRAPHS=0 (the architecture step replayed; a failed capture goes on eagerly, and the log says so).
-STAGES=("5 8 0.0" "11 5 0.4" "17 3 0.7")
+# How long a whole search takes (issue 20, target 2): the default preset itself, its three stages (5 cells /
+# 8 ops, 11 / 5, 17 / 3 after its own pruning; C=16; batch 96; gumbel-hard; weight + architecture step) one
+# CIFAR-10-sized epoch each (25,000 + 25,000 generated images), each measured, none projected. With
+# --cuda-graphs unless SEARCH_GRAPHS=0 (the architecture step replayed; a failed capture goes on eagerly, and
+# the log says so). The run checkpoints every epoch: a call the budget cut short is resumed by the next.
 SEARCH_FLAGS=(); [ "${SEARCH_GRAPHS:-1}" = 1 ] && SEARCH_FLAGS=(--cuda-graphs)
 if want search; then
   begin search
@@ -215,21 +215,18 @@ PYEOF
 )
   fi
   [ "${SEARCH_GRAPHS:-1}" = 1 ] && [ "$SEARCH_OP_GRAPHS" = 1 ] && SEARCH_FLAGS+=(--op-graphs)
-  echo "search stage epochs with: ${SEARCH_FLAGS[*]:-eager}"
-  for s in 1 2 3; do
-    [ -e "$OUT/done/search_stage$s" ] && continue  # measured by an earlier call over this OUTDIR
-    read -r cells ops skip <<< "${STAGES[$((s - 1))]}"
-    c0=$cut; cut=0
-    [ -z "$DRY" ] && : > "$OUT/search_stage$s.log"  # a stage cut short by an earlier call starts afresh
-    run 150 "$OUT/search_stage$s.log" $PY -m fastnas.search --preset progressive --device cuda --embedded-size 50000 \
-      --cells "$cells" --channels 16 --ops-kept "$ops" --skip-dropout "$skip" --partial-channels 1 --epochs 1 \
-      --warmup-epochs 0 --no-plots --derived-eval-images 0 "${SEARCH_FLAGS[@]}" --out "$OUT/search_stage$s" \
-      || status=1
-    finish "search_stage$s"; cut=$(( c0 | cut ))
-    echo
-    echo "== one search epoch, progressive stage $s ($cells cells, $ops ops), CIFAR-10-sized ($OUT/search_stage$s.log) =="
-    grep -E "epoch 1/1|search time|CUDA graph" "$OUT/search_stage$s.log" 2>/dev/null
-  done
+  if [ -e "$OUT/search/checkpoint.pt" ]; then  # an earlier call's run, cut short: resumed where it stopped
+    echo "search: resuming $OUT/search"
+    run 420 "$OUT/search.log" $PY -m fastnas.search --resume "$OUT/search" --device cuda || status=1
+  else
+    echo "search stage epochs with: ${SEARCH_FLAGS[*]:-eager}"
+    run 420 "$OUT/search.log" $PY -m fastnas.search --preset progressive --device cuda --embedded-size 50000 \
+      --epochs 1 1 1 --warmup-epochs 0 0 0 --no-plots --derived-eval-images 0 "${SEARCH_FLAGS[@]}" \
+      --out "$OUT/search" || status=1
+  fi
+  echo
+  echo "== the default search, one CIFAR-10-sized epoch per stage ($OUT/search.log) =="
+  grep -E "epoch 1/1|search time|CUDA graph|resumed" "$OUT/search.log" 2>/dev/null
   finish search
 fi
 # fastnas train --compile --compile-mode reduce-overhead (inductor's fused kernels, replayed as CUDA graphs)
@@ -307,11 +304,12 @@ per_op = {r["preset"]: r["images_per_s"] for r in rows("op_graphs/method_step.js
 # progressive's rate with --cuda-graphs alone; gdas' eager one (its steps are not otherwise graphed)
 without = {"progressive": graphed.get("progressive"), "gdas": eager.get("gdas")}
 speedup = {p: round(method[p] / BEFORE[p], 2) for p in ("darts", "pcdarts", "drnas", "pdarts") if p in method}
-def stage_epoch_s(s):
+def stage_epoch_s(s):  # the search's epoch of stage s (metrics.jsonl: one row per epoch, kept across a resume)
     try:
-        lines = (out / f"search_stage{s}" / "metrics.jsonl").read_text().splitlines()
-        return round(json.loads(lines[-1])["epoch_time_s"], 2)
-    except (OSError, ValueError, KeyError, IndexError):
+        lines = (out / "search" / "metrics.jsonl").read_text().splitlines()
+        rows_s = [r for r in map(json.loads, lines) if r.get("stage") == s and "epoch_time_s" in r]
+        return round(rows_s[-1]["epoch_time_s"], 2) if rows_s else None
+    except (OSError, ValueError):
         return None
 epochs = [stage_epoch_s(s) for s in (1, 2, 3)]
 def sync_free_result():  # this call's test, or an earlier call's log in the same OUTDIR
@@ -322,15 +320,15 @@ def sync_free_result():  # this call's test, or an earlier call's log in the sam
     except (OSError, IndexError):
         return None
     return "passed" in last and "failed" not in last and "error" not in last
-def graphs_in_log(s):  # the stage's "CUDA graphs: ..." line, and a capture failure if there was one
+def graphs_in_log():  # the search's "CUDA graphs: ..." lines (once each), a capture failure if there was one
     try:
-        text = (out / f"search_stage{s}.log").read_text()
+        text = (out / "search.log").read_text()
     except OSError:
         return None
-    if "search time" not in text:  # skipped, or ended before its epoch did
+    if "search time" not in text:  # skipped, or ended before its last epoch did
         return None
     lines = [ln.split(": ", 1)[-1] for ln in text.splitlines() if "CUDA graph" in ln]
-    return "; ".join(lines) or "eager"
+    return "; ".join(dict.fromkeys(lines)) or "eager"
 def cudnn_ab():  # (rate with the autotuner, rate with the heuristics) per measured pair
     pairs = {}
     heur = {r["preset"]: r["images_per_s"] for r in rows("no_cudnn_benchmark/method_step.json") if "images_per_s" in r}
@@ -363,7 +361,7 @@ targets = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() e
            "search_stage_epoch_s": epochs, "search_total_min": total, "softmax_family_speedup": speedup or None,
            "darts2_speedup": round(method["darts2"] / BEFORE["darts2"], 2) if "darts2" in method else None,
            "sync_free": sync_free_result(),
-           "search_stage_graphs": [graphs_in_log(s) for s in (1, 2, 3)],
+           "search_graphs": graphs_in_log(),
            # the hard sampler with per-op graphs of its weight step, against its rate without them
            "op_graphs_vs_without": {p: round(per_op[p] / without[p], 2) for p in per_op if without.get(p)} or None,
            # which mode gave each search rate above, and the graphs' gain over eager in this run

@@ -49,7 +49,8 @@ def test_unlimited_plan_runs_every_step_most_important_first(tmp_path):
     order = ["tests", "train", "method", "graphs", "search", "compile", "ops"]
     assert sorted(set(kinds), key=order.index) == order
     assert kinds == sorted(kinds, key=order.index), kinds  # tests, targets 1, 3, 2, then the extras
-    assert sum(c.count("fastnas.search") for _, _, c in rows) == 3  # the three stages, each measured
+    search = [c for _, _, c in rows if "fastnas.search" in c]
+    assert len(search) == 1 and "--epochs 1 1 1" in search[0]  # the preset's three stages, an epoch each
     assert not (tmp_path / "skipped.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["done", "plan.txt", "targets.json"]  # no logs
     assert not any((tmp_path / "done").iterdir())  # a dry run marks nothing done
@@ -70,21 +71,23 @@ def test_budget_cuts_limits_and_skips_what_does_not_fit(tmp_path):
     for key in ("retrain_img_s", "search_total_min", "softmax_family_speedup", "darts2_speedup", "sync_free"):
         assert targets[key] is None, key
     assert targets["search_stage_epoch_s"] == [None, None, None]
-    assert targets["search_stage_graphs"] == [None, None, None]
+    assert targets["search_graphs"] is None
 
 
 def test_second_call_runs_only_what_the_first_left(tmp_path):
     done = tmp_path / "done"
     done.mkdir()
-    for step in ("tests", "train", "method", "graphs", "search_stage1"):
+    for step in ("tests", "train", "method", "graphs"):
         (done / step).write_text("2026-12-03T00:00:00\n")
     rows = dry_run(tmp_path, budget=100_000)
     commands = [c for _, _, c in rows]
-    assert [kind(c) for c in commands] == ["search", "search", "compile", "ops"]
-    assert "--cells 11" in commands[0] and "--cells 17" in commands[1]  # stage 1 was measured already
-    # selecting steps by name still leaves out what is done
-    rows = dry_run(tmp_path, budget=100_000, steps="train search")
-    assert [kind(c) for _, _, c in rows] == ["search", "search"]
+    assert [kind(c) for c in commands] == ["search", "compile", "ops"]
+    assert "--resume" not in commands[0]
+    # the search the first call started and the budget cut: resumed from its checkpoint
+    (tmp_path / "search").mkdir()
+    (tmp_path / "search" / "checkpoint.pt").write_bytes(b"")
+    rows = dry_run(tmp_path, budget=100_000, steps="train search")  # by name, still without what is done
+    assert [c.split(" -m ", 1)[-1] for _, _, c in rows] == [f"fastnas.search --resume {tmp_path}/search --device cuda"]
 
 
 def _write(path: Path, obj) -> None:
@@ -120,11 +123,12 @@ def test_targets_are_read_from_the_result_files(tmp_path):
         {"preset": "progressive", "images_per_s": 600.0, "mode": "cuda graphs: architecture step (10 replays); "
                                                                   "per-op graphs: 464 ops, 300 replays"},
         {"preset": "gdas", "images_per_s": 300.0, "mode": "eager; per-op graphs: 464 ops, 300 replays"}])
-    for s, secs in ((1, 7.0), (2, 12.0), (3, 18.0)):
-        _write(tmp_path / f"search_stage{s}" / "metrics.jsonl",
-               json.dumps({"stage": 1, "epoch": 1, "warmup": False, "epoch_time_s": secs}) + "\n")
-        _write(tmp_path / f"search_stage{s}.log", "CUDA graphs: on for the architecture step (one capture "
-               f"per epoch)\nstage 1 epoch 1/1: ...\nsearch time {secs}s; results in x\n")
+    _write(tmp_path / "search" / "metrics.jsonl", "".join(
+        json.dumps({"stage": s, "epoch": 1, "warmup": False, "epoch_time_s": secs}) + "\n"
+        for s, secs in ((1, 7.0), (2, 12.0), (3, 18.0))))
+    graphs_line = "CUDA graphs: on for the architecture step (one capture per epoch)\n"
+    _write(tmp_path / "search.log", "".join(f"{graphs_line}stage {s} epoch 1/1: ...\n" for s in (1, 2, 3))
+           + "search time 40.1s; results in x\n")
     _write(tmp_path / "sync_free.log", "......\n6 passed in 3.20s\n")
     _write(tmp_path / "no_cudnn_benchmark" / "method_step.json",
            [{"preset": "darts", "images_per_s": 80.0, "mode": "eager"},
@@ -151,7 +155,66 @@ def test_targets_are_read_from_the_result_files(tmp_path):
 
     epochs = PRESETS["progressive"].get("epochs", SearchConfig().epochs)
     assert t["search_total_min"] == round(sum(n * e for n, e in zip(epochs, [7.0, 12.0, 18.0], strict=True)) / 60, 1)
-    assert t["search_stage_graphs"] == ["on for the architecture step (one capture per epoch)"] * 3
+    assert t["search_graphs"] == "on for the architecture step (one capture per epoch)"
     assert t["search_mode"]["darts"] == "cuda_graphs" and t["search_mode"]["gdas"] == "eager"
     assert t["cudnn_benchmark_vs_heuristics"] == {"darts": 1.25, "progressive": 1.0,
                                                   f"retrain (batch 128, {fast})": 1.5}
+
+
+
+def _bench(name: str):
+    """A benchmark script as a module (benchmarks/ on sys.path for its own imports)."""
+    import importlib.util
+
+    bench = ROOT / "benchmarks"
+    if str(bench) not in sys.path:
+        sys.path.insert(0, str(bench))
+    spec = importlib.util.spec_from_file_location(f"gpu_check_{name}", bench / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_planned_command_parses_and_names_what_exists(tmp_path, monkeypatch, capsys):
+    """Each command of the full plan, checked without running it: its flags parse, the configs, presets
+    and test files it names exist, and each search stage's options make a valid config (on the CPU). A
+    mistyped config name once cost a GPU run its retraining table."""
+    import shlex
+
+    from fastnas.cli import search as search_cli
+    from fastnas.search import PRESETS
+
+    rows = dry_run(tmp_path / "plan", budget=100_000)
+    scripts = {name: _bench(name) for name in ("train_speed", "method_step", "compare_ops")}
+    launched = []
+
+    def fake_worker(script, name, args, **kw):  # records what would run, runs nothing
+        launched.append((Path(script).stem, name))
+        return {"config": name, "preset": name, "error": "not run"}
+
+    for module in scripts.values():
+        monkeypatch.setattr(module.harness, "run_worker", fake_worker)
+    for _, _, command in rows:
+        argv = shlex.split(command)[1:]  # without the interpreter
+        if argv[:2] == ["-m", "pytest"]:
+            paths = [a for a in argv if a.startswith("tests")]
+            assert paths and all((ROOT / a).exists() for a in paths), command
+        elif argv[:2] == ["-m", "fastnas.search"]:
+            args = search_cli.parse_args([("cpu" if a == "cuda" else a) for a in argv[2:]])
+            search_cli.launch(args)  # raises ConfigError on an invalid stage config
+        else:
+            name = Path(argv[0]).stem
+            argv = [a if not a.startswith(str(tmp_path)) else str(tmp_path / "out") for a in argv[1:]]
+            before = len(launched)
+            if name == "compare_ops":
+                assert scripts[name].main(argv) == 2  # parsed; refuses --device cuda without a GPU
+                assert "no CUDA device" in capsys.readouterr().err
+                continue
+            assert scripts[name].main([("cpu" if a == "cuda" else a) for a in argv]) == 0, command
+            names = [n for _, n in launched[before:]]
+            assert names, command
+            if name == "train_speed":
+                assert set(names) <= set(scripts[name].CONFIGS), names
+            else:
+                assert set(names) <= set(PRESETS), names
+    assert {s for s, _ in launched} == {"train_speed", "method_step"}
