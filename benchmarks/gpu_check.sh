@@ -4,20 +4,21 @@
 # builds fastnas._C in place with the CUDA kernels, runs the tests that touch the CUDA kernels (every
 # `cuda`-marked case, the sync-free steps, and the build tests; the CPU-only tests are left to CI),
 # then measures, most important first: the retraining throughput and loss curves (issue 20, target 1),
-# one iteration per method preset eager and with CUDA graphs (target 3), one full search epoch of each of
-# the default preset's three stages on CIFAR-10-sized data (target 2), the compiled retraining step, and
-# the fused-op benchmark. It ends
-# with short tables and `targets.json`, one flat object written from every result file OUTDIR holds.
+# one iteration per method preset with CUDA graphs (target 3), the default search with one CIFAR-10-sized
+# epoch per stage (target 2), the same iterations eager (side by side), the compiled retraining step and
+# the fused-op benchmark. It ends with short tables and `targets.json`, one flat object written from every
+# result file OUTDIR holds.
 # Full results go to OUTDIR (default benchmarks/results/gpu).
 #
 # Time: a device call runs 10 minutes at most, and everything above takes longer than that on an H200.
 # The script keeps to a budget (GPU_CHECK_BUDGET_S, default 560 s from its start): each command's own time
 # limit is cut to what is left, a step that no longer fits is skipped and named in OUTDIR/skipped.txt, and
-# targets.json is always written. A step that finished leaves OUTDIR/done/STEP, so the same command over
-# the same OUTDIR (the first call's files brought back into it) runs only what is still missing:
-#   benchmarks/gpu_check.sh OUT          # call 1: build, tests, train, method, graphs, ... as time allows
+# targets.json is always written. A step that finished leaves OUTDIR/done/STEP (a search cut short resumes
+# from its checkpoint), so the same command over the same OUTDIR (the first call's files brought back into
+# it) runs only what is still missing:
+#   benchmarks/gpu_check.sh OUT          # call 1: build, tests, train, graphs, search, ... as time allows
 #   benchmarks/gpu_check.sh OUT          # call 2, OUT holding call 1's files: the steps call 1 skipped
-# GPU_CHECK_STEPS="train search" selects steps by name (tests train method graphs search compile ops; a step
+# GPU_CHECK_STEPS="train search" selects steps by name (tests train graphs search method compile ops; a step
 # done in OUTDIR is still skipped, delete OUTDIR/done/STEP to measure it again). GPU_CHECK_DRY=1 prints
 # the plan (OUTDIR/plan.txt: each command with the time limit it would get, as if every command used its
 # whole limit) without building or running anything; CI runs it.
@@ -25,7 +26,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-benchmarks/results/gpu}
 PY=${PYTHON:-$(command -v python3 || command -v python)}
-STEPS=" ${GPU_CHECK_STEPS:-tests train method graphs search compile ops} "
+STEPS=" ${GPU_CHECK_STEPS:-tests train graphs search method compile ops} "
 BUDGET=${GPU_CHECK_BUDGET_S:-560}
 RESERVE=25  # seconds kept for the tables and targets.json at the end
 DRY=${GPU_CHECK_DRY:-}
@@ -166,20 +167,9 @@ if want train; then
     --out "$OUT/bare" || status=1
   finish train
 fi
-# One search iteration per method preset (C=16, 8 cells, batch 32), side by side (issue 20, target 3).
-# Their speed-ups in targets.json are against the table of 2026-11-29, which ran with cuDNN's heuristics.
-if want method; then
-  begin method
-  run 150 "$OUT/bench.log" $PY benchmarks/method_step.py --device cuda --iters 5 --out "$OUT" || status=1
-  # cuDNN's autotuner (on by default since 2026-12-03; the table of 2026-11-29 ran without it) against its
-  # heuristics, on a softmax preset and the default one
-  run 90 "$OUT/bench.log" $PY benchmarks/method_step.py --device cuda --iters 5 --presets darts progressive \
-    --no-cudnn-benchmark --out "$OUT/no_cudnn_benchmark" || status=1
-  finish method
-fi
-# The static presets again with --cuda-graphs (each iteration replayed as one CUDA graph; progressive: its
-# hard sampler's architecture step alone; the column "mode" says which, or why not), side by side with the
-# eager table above. Then the hard sampler's weight step with --op-graphs as well (each sampled
+# One search iteration per preset with --cuda-graphs (C=16, 8 cells, batch 32; issue 20, target 3: the
+# softmax family's rates against the eager table of 2026-11-29; each iteration replayed as one CUDA graph;
+# progressive: its hard sampler's architecture step alone; the column "mode" says which, or why not). Then the hard sampler's weight step with --op-graphs as well (each sampled
 # convolution's forward and backward replayed from its own graphs, every candidate captured before the
 # first step): progressive against the row above, gdas (not otherwise graphed) against the eager table.
 if want graphs; then
@@ -228,6 +218,17 @@ PYEOF
   echo "== the default search, one CIFAR-10-sized epoch per stage ($OUT/search.log) =="
   grep -E "epoch 1/1|search time|CUDA graph|resumed" "$OUT/search.log" 2>/dev/null
   finish search
+fi
+# The same iteration eager, every preset (the side-by-side table for the graphed rows above; after the
+# search, which matters more, as the table of 2026-11-29 has eager rates already, with cuDNN's heuristics).
+if want method; then
+  begin method
+  run 150 "$OUT/bench.log" $PY benchmarks/method_step.py --device cuda --iters 5 --out "$OUT" || status=1
+  # cuDNN's autotuner (on by default since 2026-12-03; the table of 2026-11-29 ran without it) against its
+  # heuristics, on a softmax preset and the default one
+  run 90 "$OUT/bench.log" $PY benchmarks/method_step.py --device cuda --iters 5 --presets darts progressive \
+    --no-cudnn-benchmark --out "$OUT/no_cudnn_benchmark" || status=1
+  finish method
 fi
 # fastnas train --compile --compile-mode reduce-overhead (inductor's fused kernels, replayed as CUDA graphs)
 # with bf16 + channels_last: the fused casts and elementwise work that bf16 without compile pays as extra

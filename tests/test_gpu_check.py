@@ -46,9 +46,9 @@ def kind(command: str) -> str:
 def test_unlimited_plan_runs_every_step_most_important_first(tmp_path):
     rows = dry_run(tmp_path, budget=100_000)
     kinds = [kind(c) for _, _, c in rows]
-    order = ["tests", "train", "method", "graphs", "search", "compile", "ops"]
+    order = ["tests", "train", "graphs", "search", "method", "compile", "ops"]
     assert sorted(set(kinds), key=order.index) == order
-    assert kinds == sorted(kinds, key=order.index), kinds  # tests, targets 1, 3, 2, then the extras
+    assert kinds == sorted(kinds, key=order.index), kinds  # tests, targets 1, 3, 2, then side by side, extras
     search = [c for _, _, c in rows if "fastnas.search" in c]
     assert len(search) == 1 and "--epochs 1 1 1" in search[0]  # the preset's three stages, an epoch each
     assert not (tmp_path / "skipped.txt").exists()
@@ -77,7 +77,7 @@ def test_budget_cuts_limits_and_skips_what_does_not_fit(tmp_path):
 def test_second_call_runs_only_what_the_first_left(tmp_path):
     done = tmp_path / "done"
     done.mkdir()
-    for step in ("tests", "train", "method", "graphs"):
+    for step in ("tests", "train", "graphs", "method"):
         (done / step).write_text("2026-12-03T00:00:00\n")
     rows = dry_run(tmp_path, budget=100_000)
     commands = [c for _, _, c in rows]
