@@ -52,7 +52,9 @@ def test_unlimited_plan_runs_every_step_most_important_first(tmp_path):
     search = [c for _, _, c in rows if "fastnas.search" in c]
     assert len(search) == 1 and "--epochs 1 1 1" in search[0]  # the preset's three stages, an epoch each
     assert not (tmp_path / "skipped.txt").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["done", "plan.txt", "targets.json"]  # no logs
+    # no logs, and no picture: nothing was measured
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["done", "plan.txt", "targets.json", "targets.md"]
+    assert "not measured" in (tmp_path / "targets.md").read_text()
     assert not any((tmp_path / "done").iterdir())  # a dry run marks nothing done
 
 
@@ -159,6 +161,18 @@ def test_targets_are_read_from_the_result_files(tmp_path):
     assert t["search_mode"]["darts"] == "cuda_graphs" and t["search_mode"]["gdas"] == "eager"
     assert t["cudnn_benchmark_vs_heuristics"] == {"darts": 1.25, "progressive": 1.0,
                                                   f"retrain (batch 128, {fast})": 1.5}
+    # what a person reads: each target, its goal, the measured value, met or not; and the same as bars
+    table = (tmp_path / "targets.md").read_text()
+    assert f"| 1. retraining images/s, batch 96 ({fast}) | >= 4,000 | 4,500 | yes |" in table
+    assert f"| 2. the default search, three stages, preset epochs | <= 20 min | {t['search_total_min']:,.2f} |" in table
+    assert "| 3. darts2 iteration vs 2026-11-29 | >= 2x | 4.17 | yes |" in table
+    assert "| 4. no host sync in a steady search or training step | true | yes | yes |" in table
+    assert (tmp_path / "targets.png").stat().st_size > 1000
+
+
+def test_targets_cli_refuses_a_missing_folder(tmp_path, capsys):
+    assert _bench("gpu_targets").main([str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'missing'} is not a folder"
 
 
 
