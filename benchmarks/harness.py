@@ -53,3 +53,43 @@ def write_results(out: str | os.PathLike | None, stem: str, rows, markdown: str)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(rows, indent=1) + "\n")
     (out / f"{stem}.md").write_text(markdown.rstrip() + "\n")
+
+
+def busy_fraction(intervals: list[tuple[float, float]], span: float) -> float:
+    """The fraction of `span` covered by the union of `intervals` (start, end): how much of the wall
+    time some kernel was running (overlapping kernels on several streams count once)."""
+    covered, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b <= end:
+            continue
+        covered += b - max(a, end)
+        end = b
+    return covered / span if span > 0 else 0.0
+
+
+def gpu_profile(step, n: int) -> dict:
+    """Run `step()` `n` times under the CUDA profiler: the kernels launched per step (inside replayed
+    CUDA graphs too), their summed time per step, and the fraction of the wall time the GPU was busy
+    (the union of kernel intervals over the profiled span, on the profiler's one clock). Well under 1
+    means the host (Python, dispatch, launches, a sync waiting on the host) bounds the step; near 1 that
+    the kernels do. Empty on a machine without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        with record_function("fastnas::profiled_steps"):
+            for _ in range(n):
+                step()
+            torch.cuda.synchronize()
+    events = prof.events()
+    whole = next(e for e in events if e.name == "fastnas::profiled_steps")
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA
+               and not e.name.startswith(("Memcpy", "Memset"))]
+    intervals = [(e.time_range.start, e.time_range.end) for e in kernels]
+    return {"kernels_per_step": round(len(kernels) / n, 1),
+            "gpu_busy": round(busy_fraction(intervals, whole.time_range.end - whole.time_range.start), 3),
+            "gpu_kernel_ms_per_step": round(sum(b - a for a, b in intervals) / n / 1e3, 3)}

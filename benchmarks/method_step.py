@@ -73,6 +73,8 @@ def worker(name: str, batch: int, channels: int, cells: int, iters: int, device:
         if dev.type == "cuda":
             torch.cuda.synchronize()
         dt = (time.perf_counter() - t0) / iters
+        # where the time goes on a GPU: kernels per iteration and how much of it the GPU was busy
+        profiled = harness.gpu_profile(lambda: searcher.step(gens, sums), 3) if dev.type == "cuda" else {}
         g = searcher.graphed
         mode = ("eager" if not graphs else "eager (no graphs here)" if g is None
                 else f"graphs failed: {g.failed}" if g.failed
@@ -86,7 +88,7 @@ def worker(name: str, batch: int, channels: int, cells: int, iters: int, device:
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return {"preset": name, "sampler": cfg.sampler, "partial_channels": ks[0], "edge_norm": cfg.edge_norm,
             "arch_order": cfg.arch_order, "s_per_iter": dt, "images_per_s": batch / dt, "peak_mb": peak,
-            "mode": mode}
+            "mode": mode, **profiled}
 
 
 def main(argv=None) -> int:
@@ -126,13 +128,15 @@ def main(argv=None) -> int:
              f"{a.batch}, {a.device}, {a.iters} iterations timed per preset"
              + ("" if a.cudnn_benchmark else ", cuDNN's heuristic algorithms (--no-cudnn-benchmark)"), "",
              "| preset | sampler | K | edge norm | order | step | s/iter | images/s | vs darts | peak MB "
-             "| published GPU-days |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| kernels/iter | GPU busy | published GPU-days |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         norm = "yes" if r["edge_norm"] else "no"
+        kernels = f"{r['kernels_per_step']:,.0f}" if "kernels_per_step" in r else "-"
+        busy = f"{100 * r['gpu_busy']:.0f}%" if "gpu_busy" in r else "-"
         lines.append(f"| {r['preset']} | {r['sampler']} | {r['partial_channels']} | {norm} | {r['arch_order']} "
                      f"| {r.get('mode', 'eager')} | {r['s_per_iter']:.3f} | {r['images_per_s']:.1f} | "
-                     f"{r['images_per_s'] / base['images_per_s']:.2f}x | {r['peak_mb']:.0f} "
+                     f"{r['images_per_s'] / base['images_per_s']:.2f}x | {r['peak_mb']:.0f} | {kernels} | {busy} "
                      f"| {PUBLISHED[r['preset']]} |")
     text = "\n".join(lines)
     print(text)

@@ -89,7 +89,7 @@ def trainer_worker(name: str, device: str, batch: int, steps: int, seeds: int = 
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    rates, curves, warmups, modes = [], [], [], []
+    rates, curves, warmups, modes, profiled = [], [], [], [], {}
     for seed in range(seeds):
         cli = {"genotype": "DARTS_V2", "device": device, "batch_size": batch, "embedded_size": batch * (steps + 8),
                "plots": False, "export": False, "seed": seed, "channels": channels, "layers": layers, **opts}
@@ -119,6 +119,8 @@ def trainer_worker(name: str, device: str, batch: int, steps: int, seeds: int = 
                 step()
             sync()
             rates.append(batch * steps / (time.perf_counter() - t0))
+            if dev.type == "cuda" and seed == 0:  # kernels per step and how busy the GPU was (after timing)
+                profiled = harness.gpu_profile(lambda: t.step(sums), 3)  # not recorded in the loss curve
             running = torch.stack(trace).double().cpu().tolist()  # one read, after the timed steps
             prev = [0.0, 0.0, 0.0]
             curve = []
@@ -134,7 +136,7 @@ def trainer_worker(name: str, device: str, batch: int, steps: int, seeds: int = 
     return {"config": name, "device": device, "batch": batch, "channels": channels, "layers": layers,
             "step_s": batch / rate, "images_per_s": rate, "images_per_s_per_seed": rates,
             "warmup_s": warmups[0], "threads": torch.get_num_threads(), "peak_mb": _peak_mb(dev),
-            "mode": modes[0], "loss_curves": curves}
+            "mode": modes[0], "loss_curves": curves, **profiled}
 
 
 def worker(name: str, device: str, batch: int, steps: int, seeds: int = 1, channels: int = 36,
@@ -221,18 +223,20 @@ def main(argv=None) -> int:
     lines = [f"DARTS_V2 EvalNetwork C={args.channels}, {args.layers} cells, device {args.device}, batch "
              f"{args.batch}", "",
              "| config | s / step | images/s | vs fp32 eager | vs trainer eager | warm-up s (incl. compile or "
-             "capture) | peak MB | mode |",
-             "|---|---|---|---|---|---|---|---|"]
+             "capture) | peak MB | kernels/step | GPU busy | mode |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     trainer = next((r for r in rows if r["config"] == "trainer" and "error" not in r), None)
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['config']} | failed: {r['error']} | | | | | | |")
+            lines.append(f"| {r['config']} | failed: {r['error']} | | | | | | | | |")
             continue
         ratio = f"{r['images_per_s'] / base['images_per_s']:.2f}x" if base else "-"
         vs_trainer = (f"{r['images_per_s'] / trainer['images_per_s']:.2f}x"
                       if trainer and r["config"].startswith("trainer") else "-")
+        kernels = f"{r['kernels_per_step']:,.0f}" if "kernels_per_step" in r else "-"
+        busy = f"{100 * r['gpu_busy']:.0f}%" if "gpu_busy" in r else "-"
         lines.append(f"| {r['config']} | {r['step_s']:.3f} | {r['images_per_s']:.1f} | {ratio} | {vs_trainer} | "
-                     f"{r['warmup_s']:.0f} | {r.get('peak_mb', 0):.0f} | {r.get('mode', '-')} |")
+                     f"{r['warmup_s']:.0f} | {r.get('peak_mb', 0):.0f} | {kernels} | {busy} | {r.get('mode', '-')} |")
     table = "\n".join(lines)
     harness.write_results(args.out, f"train_speed_{args.device}", rows, table)
     print(table)

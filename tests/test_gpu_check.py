@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 RESERVE = 25  # the script's seconds kept for its tables and targets.json
@@ -232,3 +234,34 @@ def test_every_planned_command_parses_and_names_what_exists(tmp_path, monkeypatc
             else:
                 assert set(names) <= set(PRESETS), names
     assert {s for s, _ in launched} == {"train_speed", "method_step"}
+
+
+def test_gpu_busy_is_the_union_of_kernel_intervals():
+    """harness.busy_fraction: overlapping kernels (two streams) count once, gaps (the host) do not."""
+    harness = _bench("harness")
+    assert harness.busy_fraction([], 10.0) == 0.0
+    assert harness.busy_fraction([(0, 2), (1, 3), (5, 6)], 10.0) == 0.4  # [0, 3] and [5, 6]
+    assert harness.busy_fraction([(4, 5), (0, 10), (2, 3)], 10.0) == 1.0  # nested inside one long kernel
+    assert harness.busy_fraction([(0, 1)], 0.0) == 0.0
+    if not __import__("torch").cuda.is_available():
+        assert harness.gpu_profile(lambda: None, 2) == {}  # the tables then show "-"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_profile_counts_kernels_on_a_gpu():
+    """The profiler's kernel events as gpu_profile reads them: a step of 3 elementwise kernels and one
+    matmul is 4 kernels (cuBLAS may split the matmul in two), the GPU busy part of the time, at most all."""
+    import torch
+
+    harness = _bench("harness")
+    x = torch.randn(512, 512, device="cuda")
+
+    def step():
+        y = (x * 2 + 1).relu()
+        return y @ y
+
+    step()
+    row = harness.gpu_profile(step, 5)
+    assert 4 <= row["kernels_per_step"] <= 5, row
+    assert 0 < row["gpu_busy"] <= 1 and row["gpu_kernel_ms_per_step"] > 0, row
