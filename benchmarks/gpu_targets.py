@@ -113,6 +113,16 @@ def collect(out: str | Path, sync_free: str | None = None) -> dict:
     if fast in b128 and fast + "+no_cudnn_benchmark" in b128:
         cudnn[f"retrain (batch 128, {fast})"] = (b128[fast], b128[fast + "+no_cudnn_benchmark"])
 
+    # how much of each measured step the GPU was busy (well under 1: the host bounds it), and its kernels
+    busy = {}
+    for folder, label in (("graphs/", " (cuda graphs)"), ("op_graphs/", " (op graphs)"), ("", " (eager)")):
+        for r in _rows(out, folder + "method_step.json"):
+            if "gpu_busy" in r:
+                busy[r["preset"] + label] = {"busy": r["gpu_busy"], "kernels": r.get("kernels_per_step")}
+    for r in train:
+        if "gpu_busy" in r:
+            busy["retrain " + r["config"]] = {"busy": r["gpu_busy"], "kernels": r.get("kernels_per_step")}
+
     epochs = [_stage_epoch_s(out, s) for s in (1, 2, 3)]
     total = None
     if all(e is not None for e in epochs):
@@ -148,6 +158,7 @@ def collect(out: str | Path, sync_free: str | None = None) -> dict:
         "search_mode": {p: "cuda_graphs" if graphed.get(p, 0) > eager.get(p, 0) else "eager" for p in method},
         "cuda_graphs_vs_eager": {p: round(graphed[p] / eager[p], 2) for p in graphed if p in eager} or None,
         "cudnn_benchmark_vs_heuristics": {k: round(on / off, 2) for k, (on, off) in cudnn.items()} or None,
+        "gpu_busy": busy or None,
     }
 
 

@@ -122,7 +122,8 @@ def test_targets_are_read_from_the_result_files(tmp_path):
     _write(tmp_path / "graphs" / "method_step.json",
            [{"preset": p, "images_per_s": 3 * eager[p], "mode": "cuda graphs: iteration (10 replays)"}
             for p in ("darts", "darts2", "pcdarts", "drnas", "pdarts")]
-           + [{"preset": "progressive", "images_per_s": 400.0, "mode": "cuda graphs: architecture step (10 replays)"}])
+           + [{"preset": "progressive", "images_per_s": 400.0, "mode": "cuda graphs: architecture step (10 replays)",
+               "gpu_busy": 0.41, "kernels_per_step": 1800.0}])
     _write(tmp_path / "op_graphs" / "method_step.json", [
         {"preset": "progressive", "images_per_s": 600.0, "mode": "cuda graphs: architecture step (10 replays); "
                                                                   "per-op graphs: 464 ops, 300 replays"},
@@ -163,6 +164,7 @@ def test_targets_are_read_from_the_result_files(tmp_path):
     assert t["search_mode"]["darts"] == "cuda_graphs" and t["search_mode"]["gdas"] == "eager"
     assert t["cudnn_benchmark_vs_heuristics"] == {"darts": 1.25, "progressive": 1.0,
                                                   f"retrain (batch 128, {fast})": 1.5}
+    assert t["gpu_busy"] == {"progressive (cuda graphs)": {"busy": 0.41, "kernels": 1800.0}}
     # what a person reads: each target, its goal, the measured value, met or not; and the same as bars
     table = (tmp_path / "targets.md").read_text()
     assert f"| 1. retraining images/s, batch 96 ({fast}) | >= 4,000 | 4,500 | yes |" in table
