@@ -182,3 +182,18 @@ def tiny_searcher(run_path: Path, preset: str = "darts", *, device: str = "cpu",
     s.build_stage(0)
     s.net.train()
     return s
+
+
+def load_benchmark(name: str):
+    """A script of benchmarks/ as a fresh module (benchmarks/ on sys.path for its own imports, such as
+    harness, which puts this checkout first)."""
+    import importlib.util
+    import sys
+
+    bench = Path(__file__).resolve().parent.parent / "benchmarks"
+    if str(bench) not in sys.path:
+        sys.path.insert(0, str(bench))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", bench / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

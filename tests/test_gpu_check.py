@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
@@ -175,22 +176,9 @@ def test_targets_are_read_from_the_result_files(tmp_path):
 
 
 def test_targets_cli_refuses_a_missing_folder(tmp_path, capsys):
-    assert _bench("gpu_targets").main([str(tmp_path / "missing")]) == 2
+    assert load_benchmark("gpu_targets").main([str(tmp_path / "missing")]) == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'missing'} is not a folder"
 
-
-
-def _bench(name: str):
-    """A benchmark script as a module (benchmarks/ on sys.path for its own imports)."""
-    import importlib.util
-
-    bench = ROOT / "benchmarks"
-    if str(bench) not in sys.path:
-        sys.path.insert(0, str(bench))
-    spec = importlib.util.spec_from_file_location(f"gpu_check_{name}", bench / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_every_planned_command_parses_and_names_what_exists(tmp_path, monkeypatch, capsys):
@@ -203,7 +191,7 @@ def test_every_planned_command_parses_and_names_what_exists(tmp_path, monkeypatc
     from fastnas.search import PRESETS
 
     rows = dry_run(tmp_path / "plan", budget=100_000)
-    scripts = {name: _bench(name) for name in ("train_speed", "method_step", "compare_ops")}
+    scripts = {name: load_benchmark(name) for name in ("train_speed", "method_step", "compare_ops")}
     launched = []
 
     def fake_worker(script, name, args, **kw):  # records what would run, runs nothing
@@ -240,7 +228,7 @@ def test_every_planned_command_parses_and_names_what_exists(tmp_path, monkeypatc
 
 def test_gpu_busy_is_the_union_of_kernel_intervals():
     """harness.busy_fraction: overlapping kernels (two streams) count once, gaps (the host) do not."""
-    harness = _bench("harness")
+    harness = load_benchmark("harness")
     assert harness.busy_fraction([], 10.0) == 0.0
     assert harness.busy_fraction([(0, 2), (1, 3), (5, 6)], 10.0) == 0.4  # [0, 3] and [5, 6]
     assert harness.busy_fraction([(4, 5), (0, 10), (2, 3)], 10.0) == 1.0  # nested inside one long kernel
@@ -256,7 +244,7 @@ def test_gpu_profile_counts_kernels_on_a_gpu():
     matmul is 4 kernels (cuBLAS may split the matmul in two), the GPU busy part of the time, at most all."""
     import torch
 
-    harness = _bench("harness")
+    harness = load_benchmark("harness")
     x = torch.randn(512, 512, device="cuda")
 
     def step():

@@ -4,29 +4,15 @@ trainer configs record for it."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import random
-import sys
 import tempfile
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import load_benchmark
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-def _load(name):
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-loss_curve = _load("loss_curve")
+loss_curve = load_benchmark("loss_curve")
 
 
 def _curves(seeds, steps=60, start=2.3, end=1.4, shift=0.0, seed_sd=0.03, step_sd=0.15, rng=None):
@@ -109,7 +95,7 @@ def test_trainer_rows_record_each_steps_loss():
     """The curve train_speed.py records (running sums copied after each step, differenced after the
     run) is each step's own training loss: its first point is a fresh trainer's first step, and a
     second seed trains another network on other data."""
-    train_speed = _load("train_speed")
+    train_speed = load_benchmark("train_speed")
     row = train_speed.trainer_worker("trainer", "cpu", 8, 2, seeds=2, channels=4, layers=3)
     curves = row["loss_curves"]
     assert len(curves) == 2 and all(len(c) == 2 + 4 for c in curves)  # the warm-up steps are recorded too
