@@ -18,15 +18,15 @@
 # it) runs only what is still missing:
 #   benchmarks/gpu_check.sh OUT          # call 1: build, tests, train, graphs, search, ... as time allows
 #   benchmarks/gpu_check.sh OUT          # call 2, OUT holding call 1's files: the steps call 1 skipped
-# GPU_CHECK_STEPS="train search" selects steps by name (tests train graphs search method compile ops; a step
-# done in OUTDIR is still skipped, delete OUTDIR/done/STEP to measure it again). GPU_CHECK_DRY=1 prints
+# GPU_CHECK_STEPS="train search" selects steps by name (tests train graphs search probe method compile ops; a
+# step done in OUTDIR is still skipped, delete OUTDIR/done/STEP to measure it again). GPU_CHECK_DRY=1 prints
 # the plan (OUTDIR/plan.txt: each command with the time limit it would get, as if every command used its
 # whole limit) without building or running anything; CI runs it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-benchmarks/results/gpu}
 PY=${PYTHON:-$(command -v python3 || command -v python)}
-STEPS=" ${GPU_CHECK_STEPS:-tests train graphs search method compile ops} "
+STEPS=" ${GPU_CHECK_STEPS:-tests train graphs search probe method compile ops} "
 BUDGET=${GPU_CHECK_BUDGET_S:-560}
 RESERVE=25  # seconds kept for the tables and targets.json at the end
 DRY=${GPU_CHECK_DRY:-}
@@ -219,6 +219,14 @@ PYEOF
   grep -E "epoch 1/1|search time|CUDA graph|resumed" "$OUT/search.log" 2>/dev/null
   finish search
 fi
+# A feasibility probe for the next lever of the hard sampler (seconds): one edge's candidates in one CUDA
+# graph, each in a conditional node on the sampled index (no index read, no per-op launches); does it
+# capture, match eager, and how fast is a replay against the op run eagerly ($OUT/probe_conditional.md).
+if want probe; then
+  begin probe
+  run 90 "$OUT/bench.log" $PY benchmarks/probe_conditional.py --out "$OUT" || status=1
+  finish probe
+fi
 # The same iteration eager, every preset (the side-by-side table for the graphed rows above; after the
 # search, which matters more, as the table of 2026-11-29 has eager rates already, with cuDNN's heuristics).
 if want method; then
@@ -249,6 +257,8 @@ if want ops; then
 fi
 [ -n "$DRY" ] && { echo "dry run, the plan ($OUT/plan.txt):"; cat "$OUT/plan.txt" 2>/dev/null; }
 [ -s "$OUT/skipped.txt" ] && { echo "skipped or cut by the budget ($OUT/skipped.txt):"; cat "$OUT/skipped.txt"; }
+echo "== CUDA graph conditional nodes for the hard sampler's ops? ($OUT/probe_conditional.md) =="
+cat "$OUT/probe_conditional.md" 2>/dev/null
 echo "== method presets, one iteration ($OUT/method_step.md) =="
 cat "$OUT/method_step.md" 2>/dev/null
 echo "== two of them with cuDNN's heuristics instead of its autotuner ($OUT/no_cudnn_benchmark/method_step.md) =="

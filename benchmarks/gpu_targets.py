@@ -123,6 +123,18 @@ def collect(out: str | Path, sync_free: str | None = None) -> dict:
         if "gpu_busy" in r:
             busy["retrain " + r["config"]] = {"busy": r["gpu_busy"], "kernels": r.get("kernels_per_step")}
 
+    # the conditional-node probe: does one graph run the op sampled on the device, and at what gain
+    conditional = None
+    try:
+        pr = json.loads((out / "probe_conditional.json").read_text())
+    except (OSError, ValueError):
+        pr = None
+    if isinstance(pr, dict) and "available" in pr:
+        conditional = {"captured": pr.get("captured", False), "why": pr.get("why"),
+                       "matches_eager": pr.get("matches_eager"),
+                       "eager_over_replay": {r["op"]: round(r["eager_ms"] / r["replay_ms"], 2)
+                                             for r in pr.get("ops", []) if r.get("replay_ms")} or None}
+
     epochs = [_stage_epoch_s(out, s) for s in (1, 2, 3)]
     total = None
     if all(e is not None for e in epochs):
@@ -159,6 +171,7 @@ def collect(out: str | Path, sync_free: str | None = None) -> dict:
         "cuda_graphs_vs_eager": {p: round(graphed[p] / eager[p], 2) for p in graphed if p in eager} or None,
         "cudnn_benchmark_vs_heuristics": {k: round(on / off, 2) for k, (on, off) in cudnn.items()} or None,
         "gpu_busy": busy or None,
+        "conditional_nodes": conditional,
     }
 
 

@@ -40,7 +40,7 @@ def kind(command: str) -> str:
     """The step a planned command belongs to."""
     for key, name in [(" -m pytest", "tests"), ("+compile", "compile"), ("train_speed.py", "train"),
                       ("--op-graphs", "graphs"), ("--cuda-graphs --presets", "graphs"), ("method_step.py", "method"),
-                      ("fastnas.search", "search"), ("compare_ops.py", "ops")]:
+                      ("fastnas.search", "search"), ("compare_ops.py", "ops"), ("probe_conditional", "probe")]:
         if key in command:
             return name
     raise AssertionError(f"unknown command in the plan: {command}")
@@ -49,7 +49,7 @@ def kind(command: str) -> str:
 def test_unlimited_plan_runs_every_step_most_important_first(tmp_path):
     rows = dry_run(tmp_path, budget=100_000)
     kinds = [kind(c) for _, _, c in rows]
-    order = ["tests", "train", "graphs", "search", "method", "compile", "ops"]
+    order = ["tests", "train", "graphs", "search", "probe", "method", "compile", "ops"]
     assert sorted(set(kinds), key=order.index) == order
     assert kinds == sorted(kinds, key=order.index), kinds  # tests, targets 1, 3, 2, then side by side, extras
     search = [c for _, _, c in rows if "fastnas.search" in c]
@@ -86,7 +86,7 @@ def test_second_call_runs_only_what_the_first_left(tmp_path):
         (done / step).write_text("2026-12-03T00:00:00\n")
     rows = dry_run(tmp_path, budget=100_000)
     commands = [c for _, _, c in rows]
-    assert [kind(c) for c in commands] == ["search", "compile", "ops"]
+    assert [kind(c) for c in commands] == ["search", "probe", "compile", "ops"]
     assert "--resume" not in commands[0]
     # the search the first call started and the budget cut: resumed from its checkpoint
     (tmp_path / "search").mkdir()
@@ -139,6 +139,8 @@ def test_targets_are_read_from_the_result_files(tmp_path):
     _write(tmp_path / "no_cudnn_benchmark" / "method_step.json",
            [{"preset": "darts", "images_per_s": 80.0, "mode": "eager"},
             {"preset": "progressive", "images_per_s": 210.0, "mode": "eager"}])
+    _write(tmp_path / "probe_conditional.json", {"available": True, "captured": True, "matches_eager": True, "ops": [
+        {"op": "sep_conv_3x3", "max_abs_diff": 1e-6, "replay_ms": 0.5, "eager_ms": 1.5}]})
     fast = "trainer+bf16+channels_last+cuda_graphs"
     _write(tmp_path / "b128" / "train_speed_cuda.json",
            [trainer("trainer+cuda_graphs", 3200.0), trainer(fast, 4800.0),
@@ -166,6 +168,8 @@ def test_targets_are_read_from_the_result_files(tmp_path):
     assert t["cudnn_benchmark_vs_heuristics"] == {"darts": 1.25, "progressive": 1.0,
                                                   f"retrain (batch 128, {fast})": 1.5}
     assert t["gpu_busy"] == {"progressive (cuda graphs)": {"busy": 0.41, "kernels": 1800.0}}
+    assert t["conditional_nodes"] == {"captured": True, "why": None, "matches_eager": True,
+                                      "eager_over_replay": {"sep_conv_3x3": 3.0}}
     # what a person reads: each target, its goal, the measured value, met or not; and the same as bars
     table = (tmp_path / "targets.md").read_text()
     assert f"| 1. retraining images/s, batch 96 ({fast}) | >= 4,000 | 4,500 | yes |" in table
@@ -191,7 +195,8 @@ def test_every_planned_command_parses_and_names_what_exists(tmp_path, monkeypatc
     from fastnas.search import PRESETS
 
     rows = dry_run(tmp_path / "plan", budget=100_000)
-    scripts = {name: load_benchmark(name) for name in ("train_speed", "method_step", "compare_ops")}
+    scripts = {name: load_benchmark(name) for name in ("train_speed", "method_step", "compare_ops",
+                                                         "probe_conditional")}
     launched = []
 
     def fake_worker(script, name, args, **kw):  # records what would run, runs nothing
@@ -212,6 +217,12 @@ def test_every_planned_command_parses_and_names_what_exists(tmp_path, monkeypatc
             name = Path(argv[0]).stem
             argv = [a if not a.startswith(str(tmp_path)) else str(tmp_path / "out") for a in argv[1:]]
             before = len(launched)
+            if name == "probe_conditional":  # parsed; without CUDA it says so, writes its answer, exits 0
+                assert scripts[name].main(argv) == 0
+                answer = json.loads((tmp_path / "out" / "probe_conditional.json").read_text())
+                if not __import__("torch").cuda.is_available():
+                    assert answer["available"] is False and answer["why"] == "needs a CUDA device"
+                continue
             if name == "compare_ops":
                 assert scripts[name].main(argv) == 2  # parsed; refuses --device cuda without a GPU
                 assert "no CUDA device" in capsys.readouterr().err
