@@ -150,11 +150,11 @@ fi
 
 # Retraining throughput (issue 20, target 1: >= 4,000 images/s at batch 96, 600 epochs in 2.1 hours): the
 # bare step (fp32, bf16; $OUT/bare) and fastnas train's own step (data on the device, cutout, aux head,
-# drop-path) eager and with --cuda-graphs, side by side; batch 128 for the graphed modes, and the fastest
-# of them with cuDNN's heuristics instead of its autotuner (--no-cudnn-benchmark; on since 2026-12-03). The trainer
-# configs train two seeds for 124 steps each and record every step's loss: loss_curve.py then says whether
-# each faster mode trains as eager fp32 does, within seed-to-seed noise ($OUT/loss_curve.{md,png}). The
-# compiled configs are left to `benchmarks/train_speed.py` alone: their compile time does not fit this check.
+# drop-path) eager and with --cuda-graphs, side by side; batch 128 for the graphed modes, and the fastest of
+# them with cuDNN's heuristics instead of its autotuner (--no-cudnn-benchmark; on since 2026-12-03). The
+# trainer configs train two seeds for 124 steps each and record every step's loss: loss_curve.py then says
+# whether each faster mode trains as eager fp32 does, within seed-to-seed noise ($OUT/loss_curve.{md,png}).
+# The compiled step comes later (its compile takes minutes): the `compile` step below.
 if want train; then
   begin train
   run 240 "$OUT/bench.log" $PY benchmarks/train_speed.py --device cuda --batch 96 --steps 120 --seeds 2 \
@@ -169,9 +169,10 @@ if want train; then
 fi
 # One search iteration per preset with --cuda-graphs (C=16, 8 cells, batch 32; issue 20, target 3: the
 # softmax family's rates against the eager table of 2026-11-29; each iteration replayed as one CUDA graph;
-# progressive: its hard sampler's architecture step alone; the column "mode" says which, or why not). Then the hard sampler's weight step with --op-graphs as well (each sampled
-# convolution's forward and backward replayed from its own graphs, every candidate captured before the
-# first step): progressive against the row above, gdas (not otherwise graphed) against the eager table.
+# progressive: its hard sampler's architecture step alone; the column "mode" says which, or why not).
+# Then the hard sampler's weight step with --op-graphs as well (each sampled convolution's forward and
+# backward replayed from its own graphs, every candidate captured before the first step): progressive
+# against the row above, gdas (not otherwise graphed) against the eager table.
 if want graphs; then
   begin graphs
   run 150 "$OUT/bench.log" $PY benchmarks/method_step.py --device cuda --iters 10 --cuda-graphs \
