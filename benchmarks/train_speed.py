@@ -119,8 +119,10 @@ def trainer_worker(name: str, device: str, batch: int, steps: int, seeds: int = 
                 step()
             sync()
             rates.append(batch * steps / (time.perf_counter() - t0))
-            if dev.type == "cuda" and seed == 0:  # kernels per step and how busy the GPU was (after timing)
-                profiled = harness.gpu_profile(lambda: t.step(sums), 3)  # not recorded in the loss curve
+            # kernels per step and how busy the GPU was: after the last seed's timed steps (the profiler
+            # may leave launches slower in this process), not recorded in the loss curve
+            if dev.type == "cuda" and seed == seeds - 1:
+                profiled = harness.gpu_profile(lambda: t.step(sums), 3)
             running = torch.stack(trace).double().cpu().tolist()  # one read, after the timed steps
             prev = [0.0, 0.0, 0.0]
             curve = []
