@@ -74,10 +74,23 @@ def _search_graphs(out: Path) -> str | None:
     return "; ".join(dict.fromkeys(lines)) or "eager"
 
 
-def collect(out: str | Path, sync_free: str | None = None) -> dict:
-    """The targets object from the result files under `out`."""
+def _torch_and_device(measured: bool) -> tuple[str | None, str | None]:
+    """torch's version and the GPU's name. torch itself (seconds to import) only where something was
+    measured: a folder with no results (a dry run's) takes the version from the installed metadata."""
+    if not measured:
+        from importlib import metadata
+
+        try:
+            return metadata.version("torch"), None
+        except metadata.PackageNotFoundError:
+            pass
     import torch
 
+    return torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else None
+
+
+def collect(out: str | Path, sync_free: str | None = None) -> dict:
+    """The targets object from the result files under `out`."""
     out = Path(out)
     # retraining: the graphed modes (out/) and the compiled one (out/compile/, beside its own eager run)
     train = [r for r in _rows(out, "train_speed_cuda.json") if "images_per_s" in r]
@@ -145,9 +158,11 @@ def collect(out: str | Path, sync_free: str | None = None) -> dict:
         stage_epochs = PRESETS["progressive"].get("epochs", SearchConfig().epochs)
         total = round(sum(n * e for n, e in zip(stage_epochs, epochs, strict=True)) / 60, 1)
 
+    measured = bool(train or eager or graphed or per_op or cudnn or busy or conditional
+                    or any(e is not None for e in epochs))
+    version, device = _torch_and_device(measured)
     return {
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "torch": torch.__version__, "date": datetime.date.today().isoformat(),
+        "device": device, "torch": version, "date": datetime.date.today().isoformat(),
         "retrain_img_s": round(best["images_per_s"], 1) if best else None,
         "retrain_mode": best["config"] if best else None,
         "retrain_peak_mb": round(best["peak_mb"]) if best and "peak_mb" in best else None,
