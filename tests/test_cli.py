@@ -42,8 +42,12 @@ def test_each_command_answers_help_through_the_dispatcher(command, capsys):
     assert f"fastnas {command}" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("module", ["fastnas", "fastnas.search", "fastnas.train", "fastnas.cost", "fastnas.evaluate",
-                                    "fastnas.pipeline", "fastnas.study", "fastnas.info"])
+# Each case starts an interpreter (about 3 s on 2 cores): the umbrella command and the main job's module
+# in the default tier, the other modules in the slow one.
+@pytest.mark.parametrize("module", ["fastnas", "fastnas.search"] + [
+    pytest.param(m, marks=pytest.mark.slow)
+    for m in ("fastnas.train", "fastnas.cost", "fastnas.evaluate", "fastnas.pipeline", "fastnas.study",
+              "fastnas.info")])
 def test_python_dash_m_forms_keep_working(module):
     args = ["--help"] if module != "fastnas" else ["info", "--json"]
     r = run_module(module, args)

@@ -47,6 +47,7 @@ def test_eval_network_compiles_whole_and_drop_path_does_not_recompile_per_epoch(
     assert not dynamo["graph_break"], dict(dynamo["graph_break"])
 
 
+@pytest.mark.slow  # 10 s of tracing; the default tier keeps the graph-count case above
 def test_compiled_network_computes_what_eager_computes(dynamo):
     torch.manual_seed(0)
     net = EvalNetwork(published("PDARTS"), 4, 3, 10, auxiliary=True, drop_path=0.2)
