@@ -191,19 +191,7 @@ if want search; then
   begin search
   # --op-graphs too when this OUTDIR's progressive row was faster with it (SEARCH_OP_GRAPHS=0/1 decides instead)
   if [ -z "${SEARCH_OP_GRAPHS:-}" ]; then
-    SEARCH_OP_GRAPHS=$($PY - "$OUT" <<'PYEOF'
-import json, sys
-from pathlib import Path
-def rate(name):
-    try:
-        rows = json.loads((Path(sys.argv[1]) / name).read_text())
-    except (OSError, ValueError):
-        return 0
-    return max((r["images_per_s"] for r in rows if r.get("preset") == "progressive" and "images_per_s" in r
-                and "failed" not in r.get("mode", "")), default=0)
-print(1 if rate("op_graphs/method_step.json") > rate("graphs/method_step.json") > 0 else 0)
-PYEOF
-)
+    SEARCH_OP_GRAPHS=$($PY benchmarks/gpu_targets.py "$OUT" --op-graphs-pay)
   fi
   [ "${SEARCH_GRAPHS:-1}" = 1 ] && [ "$SEARCH_OP_GRAPHS" = 1 ] && SEARCH_FLAGS+=(--op-graphs)
   if [ -e "$OUT/search/checkpoint.pt" ]; then  # an earlier call's run, cut short: resumed where it stopped

@@ -74,6 +74,24 @@ def _search_graphs(out: Path) -> str | None:
     return "; ".join(dict.fromkeys(lines)) or "eager"
 
 
+def _search_rates(out: Path) -> tuple[dict, dict, dict]:
+    """Search iterations per preset (images/s): eager, replayed as CUDA graphs (rows whose capture
+    worked), and with per-op graphs of the hard sampler's weight step (likewise)."""
+    eager = {r["preset"]: r["images_per_s"] for r in _rows(out, "method_step.json") if "images_per_s" in r}
+    graphed = {r["preset"]: r["images_per_s"] for r in _rows(out, "graphs/method_step.json")
+               if "images_per_s" in r and r.get("mode", "").startswith("cuda graphs")}
+    per_op = {r["preset"]: r["images_per_s"] for r in _rows(out, "op_graphs/method_step.json")
+              if "images_per_s" in r and "per-op graphs:" in r.get("mode", "")}
+    return eager, graphed, per_op
+
+
+def op_graphs_pay(out: str | Path) -> bool:
+    """Whether the default method's iteration was faster with per-op graphs than with --cuda-graphs alone
+    in this folder (gpu_check then runs the search's stage epochs with them)."""
+    _, graphed, per_op = _search_rates(Path(out))
+    return per_op.get("progressive", 0) > graphed.get("progressive", 0) > 0
+
+
 def _torch_and_device(measured: bool) -> tuple[str | None, str | None]:
     """torch's version and the GPU's name. torch itself (seconds to import) only where something was
     measured: a folder with no results (a dry run's) takes the version from the installed metadata."""
@@ -106,12 +124,8 @@ def collect(out: str | Path, sync_free: str | None = None) -> dict:
     departs = sorted({r["config"] for r in own if curve.get(r["config"], {}).get("within_noise") is False})
     best = max((r for r in own if r["config"] not in departs), key=lambda r: r["images_per_s"], default=None)
 
-    eager = {r["preset"]: r["images_per_s"] for r in _rows(out, "method_step.json") if "images_per_s" in r}
-    graphed = {r["preset"]: r["images_per_s"] for r in _rows(out, "graphs/method_step.json")
-               if "images_per_s" in r and r.get("mode", "").startswith("cuda graphs")}
+    eager, graphed, per_op = _search_rates(out)
     method = {p: max(eager.get(p, 0), graphed.get(p, 0)) for p in {*eager, *graphed}}  # the faster mode
-    per_op = {r["preset"]: r["images_per_s"] for r in _rows(out, "op_graphs/method_step.json")
-              if "images_per_s" in r and "per-op graphs:" in r.get("mode", "")}
     # progressive's rate with --cuda-graphs alone; gdas' eager one (its steps are not otherwise graphed)
     without = {"progressive": graphed.get("progressive"), "gdas": eager.get("gdas")}
     speedup = {p: round(method[p] / BEFORE[p], 2) for p in SOFTMAX_FAMILY if p in method}
@@ -275,11 +289,16 @@ def main(argv=None) -> int:
     p.add_argument("out", help="gpu_check.sh's output folder")
     p.add_argument("--sync-free", choices=["true", "false", "null"], default="null",
                    help="this call's sync-free verdict (null: read the folder's sync_free.log)")
+    p.add_argument("--op-graphs-pay", action="store_true",
+                   help="only print 1 if per-op graphs made the default method's iteration faster, else 0")
     a = p.parse_args(argv)
     out = Path(a.out)
     if not out.is_dir():
         print(f"error: {out} is not a folder", file=sys.stderr)
         return 2
+    if a.op_graphs_pay:
+        print(int(op_graphs_pay(out)))
+        return 0
     t = collect(out, a.sync_free)
     (out / "targets.json").write_text(json.dumps(t, indent=1) + "\n")
     text = render(t)

@@ -93,3 +93,11 @@ def gpu_profile(step, n: int) -> dict:
     return {"kernels_per_step": round(len(kernels) / n, 1),
             "gpu_busy": round(busy_fraction(intervals, whole.time_range.end - whole.time_range.start), 3),
             "gpu_kernel_ms_per_step": round(sum(b - a for a, b in intervals) / n / 1e3, 3)}
+
+
+def profile_cells(row: dict) -> str:
+    """The kernels/step and GPU busy cells of a results table from a row :func:`gpu_profile` filled ("-"
+    where nothing was profiled, e.g. on a CPU)."""
+    kernels = f"{row['kernels_per_step']:,.0f}" if "kernels_per_step" in row else "-"
+    busy = f"{100 * row['gpu_busy']:.0f}%" if "gpu_busy" in row else "-"
+    return f"{kernels} | {busy}"

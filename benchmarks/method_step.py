@@ -132,12 +132,10 @@ def main(argv=None) -> int:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         norm = "yes" if r["edge_norm"] else "no"
-        kernels = f"{r['kernels_per_step']:,.0f}" if "kernels_per_step" in r else "-"
-        busy = f"{100 * r['gpu_busy']:.0f}%" if "gpu_busy" in r else "-"
         lines.append(f"| {r['preset']} | {r['sampler']} | {r['partial_channels']} | {norm} | {r['arch_order']} "
                      f"| {r.get('mode', 'eager')} | {r['s_per_iter']:.3f} | {r['images_per_s']:.1f} | "
-                     f"{r['images_per_s'] / base['images_per_s']:.2f}x | {r['peak_mb']:.0f} | {kernels} | {busy} "
-                     f"| {PUBLISHED[r['preset']]} |")
+                     f"{r['images_per_s'] / base['images_per_s']:.2f}x | {r['peak_mb']:.0f} "
+                     f"| {harness.profile_cells(r)} | {PUBLISHED[r['preset']]} |")
     text = "\n".join(lines)
     print(text)
     harness.write_results(a.out, "method_step", rows, text)

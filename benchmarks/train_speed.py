@@ -235,10 +235,9 @@ def main(argv=None) -> int:
         ratio = f"{r['images_per_s'] / base['images_per_s']:.2f}x" if base else "-"
         vs_trainer = (f"{r['images_per_s'] / trainer['images_per_s']:.2f}x"
                       if trainer and r["config"].startswith("trainer") else "-")
-        kernels = f"{r['kernels_per_step']:,.0f}" if "kernels_per_step" in r else "-"
-        busy = f"{100 * r['gpu_busy']:.0f}%" if "gpu_busy" in r else "-"
         lines.append(f"| {r['config']} | {r['step_s']:.3f} | {r['images_per_s']:.1f} | {ratio} | {vs_trainer} | "
-                     f"{r['warmup_s']:.0f} | {r.get('peak_mb', 0):.0f} | {kernels} | {busy} | {r.get('mode', '-')} |")
+                     f"{r['warmup_s']:.0f} | {r.get('peak_mb', 0):.0f} | {harness.profile_cells(r)} "
+                     f"| {r.get('mode', '-')} |")
     table = "\n".join(lines)
     harness.write_results(args.out, f"train_speed_{args.device}", rows, table)
     print(table)

@@ -100,7 +100,7 @@ def _write(path: Path, obj) -> None:
     path.write_text(obj if isinstance(obj, str) else json.dumps(obj))
 
 
-def test_targets_are_read_from_the_result_files(tmp_path):
+def test_targets_are_read_from_the_result_files(tmp_path, capsys):
     """targets.json from result files in the formats the benchmark scripts write (no step runs)."""
     def trainer(config, rate, warmup=2.0):
         return {"config": config, "images_per_s": rate, "peak_mb": 5000.0, "warmup_s": warmup}
@@ -158,6 +158,10 @@ def test_targets_are_read_from_the_result_files(tmp_path):
                                            "drnas": round(240 / 42.6, 2), "pdarts": round(270 / 44.4, 2)}
     assert t["darts2_speedup"] == round(60 / 14.4, 2)
     assert t["op_graphs_vs_without"] == {"progressive": 1.5, "gdas": 1.5}
+    # gpu_check's choice for the stage epochs: per-op graphs, since progressive was faster with them
+    targets = load_benchmark("gpu_targets")
+    assert targets.op_graphs_pay(tmp_path) is True
+    assert targets.main([str(tmp_path), "--op-graphs-pay"]) == 0 and capsys.readouterr().out == "1\n"
     assert t["search_stage_epoch_s"] == [7.0, 12.0, 18.0] and t["sync_free"] is True
     from fastnas.search import PRESETS, SearchConfig
 

@@ -42,8 +42,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.deterministic = True  # the autotuner's setting: configure_cudnn
 
 
 def configure_cudnn(benchmark: bool, deterministic: bool) -> None:
