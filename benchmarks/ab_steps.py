@@ -7,8 +7,10 @@ small shared machine the first of two back-to-back runs is often the faster, so 
 A checkout is a directory holding the ``fastnas`` package with its built ``fastnas/_C*.so`` (``git
 worktree add DIR REV``, then copy the extension in or build it in place). Steps: Trainer.step of DARTS_V2
 (C=16, 8 cells, batch 32, drop-path 0.2, the DARTS recipe's cutout and auxiliary head, embedded data)
-and Searcher.step of the progressive preset (5 cells, C=16, batch 32, weight and architecture step);
-the median of ``--steps`` steps after one warm-up step, per run.
+and Searcher.step of the progressive preset (5 cells, C=16, batch 32, weight and architecture step):
+the median of ``--steps`` steps after one warm-up step, per run; and a warm-up epoch of the progressive
+preset (weight steps only) of ``--steps`` steps as ``Searcher.train_epoch`` runs it, after one untimed
+epoch: its time per step.
 """
 
 from __future__ import annotations
@@ -44,9 +46,10 @@ with tempfile.TemporaryDirectory() as tmp, RunDir(tmp) as run:
         step = lambda: t.step(sums)
     else:
         from fastnas.search import PRESETS, SearchConfig, Searcher
+        warmup = what == "warmup"
         cli = {"preset": "progressive", "cells": [5] * 3, "channels": [16] * 3, "batch_size": 32,
-               "warmup_epochs": [0] * 3, "epochs": [2] * 3, "embedded_size": 512, "plots": False,
-               "derived_eval_images": 0, "device": "cpu"}
+               "warmup_epochs": [int(warmup)] * 3, "epochs": [2] * 3, "embedded_size": 512, "plots": False,
+               "derived_eval_images": 0, "device": "cpu", "max_steps": steps}
         cfg = cfglib.build_config(SearchConfig, PRESETS, cli, "progressive")
         s = Searcher(cfg, run, torch.device("cpu"))
         torch.manual_seed(0)
@@ -54,6 +57,12 @@ with tempfile.TemporaryDirectory() as tmp, RunDir(tmp) as run:
         s.net.train()
         gens, sums = [torch.Generator().manual_seed(0)], torch.zeros(4)
         step = lambda: s.step(gens, sums)
+    if what == "warmup":  # a warm-up epoch of `steps` steps as the epoch loop runs it, per step
+        s.train_epoch(0, 0)
+        t0 = time.perf_counter()
+        s.train_epoch(0, 0)
+        print((time.perf_counter() - t0) / steps)
+        sys.exit(0)
     step()
     times = []
     for _ in range(steps):
@@ -85,17 +94,19 @@ def main(argv=None) -> int:
         if not os.path.isdir(os.path.join(d, "fastnas")):
             print(f"error: {d} holds no fastnas package", file=sys.stderr)
             return 2
-    times = {(c, w): [] for c in ("old", "new") for w in ("train", "search")}
+    kinds = ("train", "search", "warmup")
+    times = {(c, w): [] for c in ("old", "new") for w in kinds}
     for r in range(a.rounds):
         order = ("old", "new") if r % 2 == 0 else ("new", "old")
-        for what in ("train", "search"):
+        for what in kinds:
             for c in order:
                 times[(c, what)].append(run(a.old if c == "old" else a.new, what, a.steps))
                 print(f"round {r + 1}: {c} {what} {times[(c, what)][-1]:.3f} s", flush=True)
     lines = ["| step | old, each run (s) | new, each run (s) | median old / new |", "|---|---|---|---|"]
     rows = []
     for what, label in (("train", "Trainer.step DARTS_V2 C=16, 8 cells, batch 32"),
-                        ("search", "progressive iteration, 5 cells, C=16, batch 32")):
+                        ("search", "progressive iteration, 5 cells, C=16, batch 32"),
+                        ("warmup", "progressive warm-up epoch per step, 5 cells, C=16, batch 32")):
         old, new = times[("old", what)], times[("new", what)]
         rows.append({"step": what, "old": old, "new": new})
         lines.append(f"| {label} | {', '.join(f'{x:.3f}' for x in old)} | {', '.join(f'{x:.3f}' for x in new)} | "

@@ -172,7 +172,9 @@ fi
 # progressive: its hard sampler's architecture step alone; the column "mode" says which, or why not).
 # Then the hard sampler's weight step with --op-graphs as well (each sampled convolution's forward and
 # backward replayed from its own graphs, every candidate captured before the first step): progressive
-# against the row above, gdas (not otherwise graphed) against the eager table.
+# against the row above, gdas (not otherwise graphed) against the eager table. For the hard sampler each
+# run also times its warm-up step (weights only) with the next sample drawn a step early, as the epoch
+# loop runs it, against drawn when needed (targets.json: warmup_draw_ahead).
 if want graphs; then
   begin graphs
   run 150 "$OUT/bench.log" $PY benchmarks/method_step.py --device cuda --iters 10 --cuda-graphs \

@@ -92,6 +92,17 @@ def op_graphs_pay(out: str | Path) -> bool:
     return per_op.get("progressive", 0) > graphed.get("progressive", 0) > 0
 
 
+def _warmup_share(out: Path) -> float | None:
+    """A warm-up step of the default method (weights only, its sample drawn a step early) over a search
+    iteration, in the mode gpu_check ran the stage epochs in (per-op graphs where they paid, else
+    --cuda-graphs), at method_step's shape (None: not measured)."""
+    folder = "op_graphs/" if op_graphs_pay(out) else "graphs/"
+    for r in _rows(out, folder + "method_step.json"):
+        if r.get("preset") == "progressive" and r.get("warmup_s_per_iter_ahead") and r.get("s_per_iter"):
+            return r["warmup_s_per_iter_ahead"] / r["s_per_iter"]
+    return None
+
+
 def _torch_and_device(measured: bool) -> tuple[str | None, str | None]:
     """torch's version and the GPU's name. torch itself (seconds to import) only where something was
     measured: a folder with no results (a dry run's) takes the version from the installed metadata."""
@@ -141,11 +152,14 @@ def collect(out: str | Path, sync_free: str | None = None) -> dict:
         cudnn[f"retrain (batch 128, {fast})"] = (b128[fast], b128[fast + "+no_cudnn_benchmark"])
 
     # how much of each measured step the GPU was busy (well under 1: the host bounds it), and its kernels
-    busy = {}
+    busy, ahead = {}, {}
     for folder, label in (("graphs/", " (cuda graphs)"), ("op_graphs/", " (op graphs)"), ("", " (eager)")):
         for r in _rows(out, folder + "method_step.json"):
             if "gpu_busy" in r:
                 busy[r["preset"] + label] = {"busy": r["gpu_busy"], "kernels": r.get("kernels_per_step")}
+            # the hard sampler's warm-up step: drawn when needed over drawn a step early (> 1: ahead pays)
+            if r.get("warmup_s_per_iter_ahead"):
+                ahead[r["preset"] + label] = round(r["warmup_s_per_iter_no_ahead"] / r["warmup_s_per_iter_ahead"], 2)
     for r in train:
         if "gpu_busy" in r:
             busy["retrain " + r["config"]] = {"busy": r["gpu_busy"], "kernels": r.get("kernels_per_step")}
@@ -163,7 +177,7 @@ def collect(out: str | Path, sync_free: str | None = None) -> dict:
                                              for r in pr.get("ops", []) if r.get("replay_ms")} or None}
 
     epochs = [_stage_epoch_s(out, s) for s in (1, 2, 3)]
-    total = None
+    total = total_est = None
     if all(e is not None for e in epochs):
         from fastnas.search import PRESETS, SearchConfig
 
@@ -171,8 +185,14 @@ def collect(out: str | Path, sync_free: str | None = None) -> dict:
         # less: an upper bound)
         stage_epochs = PRESETS["progressive"].get("epochs", SearchConfig().epochs)
         total = round(sum(n * e for n, e in zip(stage_epochs, epochs, strict=True)) / 60, 1)
+        # the same with the warm-up epochs at their own cost, estimated from the iteration benchmark
+        share = _warmup_share(out)
+        if share is not None:
+            warm = PRESETS["progressive"].get("warmup_epochs", SearchConfig().warmup_epochs)
+            total_est = round(sum((n - w + w * share) * e for n, w, e in zip(stage_epochs, warm, epochs, strict=True))
+                              / 60, 1)
 
-    measured = bool(train or eager or graphed or per_op or cudnn or busy or conditional
+    measured = bool(train or eager or graphed or per_op or cudnn or busy or ahead or conditional
                     or any(e is not None for e in epochs))
     version, device = _torch_and_device(measured)
     return {
@@ -189,7 +209,11 @@ def collect(out: str | Path, sync_free: str | None = None) -> dict:
         "retrain_compile": {r["config"]: {"img_s": round(r["images_per_s"], 1), "warmup_s": round(r["warmup_s"], 1),
                                           "within_noise": curve.get(r["config"], {}).get("within_noise")}
                             for r in compiled} or None,
-        "search_stage_epoch_s": epochs, "search_total_min": total, "softmax_family_speedup": speedup or None,
+        "search_stage_epoch_s": epochs, "search_total_min": total,
+        # search_total_min counts every epoch as a search epoch (an upper bound); this one counts each
+        # stage's warm-up epochs at a warm-up step's share of an iteration (method_step, same mode)
+        "search_total_min_warmup_estimated": total_est,
+        "softmax_family_speedup": speedup or None,
         "darts2_speedup": round(method["darts2"] / BEFORE["darts2"], 2) if "darts2" in method else None,
         "sync_free": _sync_free(out, sync_free),
         "search_graphs": _search_graphs(out),
@@ -200,6 +224,7 @@ def collect(out: str | Path, sync_free: str | None = None) -> dict:
         "cuda_graphs_vs_eager": {p: round(graphed[p] / eager[p], 2) for p in graphed if p in eager} or None,
         "cudnn_benchmark_vs_heuristics": {k: round(on / off, 2) for k, (on, off) in cudnn.items()} or None,
         "gpu_busy": busy or None,
+        "warmup_draw_ahead": ahead or None,
         "conditional_nodes": conditional,
     }
 
@@ -257,6 +282,10 @@ def render(t: dict) -> str:
     epochs = t.get("search_stage_epoch_s") or []
     if any(e is not None for e in epochs):
         lines += ["", "Search stage epochs (s): " + ", ".join(_fmt(e) for e in epochs)]
+    if t.get("search_total_min_warmup_estimated") is not None:
+        lines += ["", f"The default search with its warm-up epochs (weights only) at their own cost, estimated: "
+                      f"{_fmt(t['search_total_min_warmup_estimated'])} min (target 2 above counts every epoch "
+                      "as a search epoch)"]
     return "\n".join(lines)
 
 

@@ -73,7 +73,8 @@ def test_budget_cuts_limits_and_skips_what_does_not_fit(tmp_path):
     assert skipped and all(line.startswith("skipped, out of time") for line in skipped)
     assert any("fastnas.search" in line for line in skipped)  # the stage epochs did not fit this budget
     targets = json.loads((tmp_path / "targets.json").read_text())  # written all the same, unmeasured = null
-    for key in ("retrain_img_s", "search_total_min", "softmax_family_speedup", "darts2_speedup", "sync_free"):
+    for key in ("retrain_img_s", "search_total_min", "softmax_family_speedup", "darts2_speedup", "sync_free",
+                "warmup_draw_ahead", "search_total_min_warmup_estimated"):
         assert targets[key] is None, key
     assert targets["search_stage_epoch_s"] == [None, None, None]
     assert targets["search_graphs"] is None
@@ -127,7 +128,8 @@ def test_targets_are_read_from_the_result_files(tmp_path, capsys):
                "gpu_busy": 0.41, "kernels_per_step": 1800.0}])
     _write(tmp_path / "op_graphs" / "method_step.json", [
         {"preset": "progressive", "images_per_s": 600.0, "mode": "cuda graphs: architecture step (10 replays); "
-                                                                  "per-op graphs: 464 ops, 300 replays"},
+                                                                  "per-op graphs: 464 ops, 300 replays",
+         "s_per_iter": 0.05, "warmup_s_per_iter_ahead": 0.02, "warmup_s_per_iter_no_ahead": 0.025},
         {"preset": "gdas", "images_per_s": 300.0, "mode": "eager; per-op graphs: 464 ops, 300 replays"}])
     _write(tmp_path / "search" / "metrics.jsonl", "".join(
         json.dumps({"stage": s, "epoch": 1, "warmup": False, "epoch_time_s": secs}) + "\n"
@@ -167,11 +169,18 @@ def test_targets_are_read_from_the_result_files(tmp_path, capsys):
 
     epochs = PRESETS["progressive"].get("epochs", SearchConfig().epochs)
     assert t["search_total_min"] == round(sum(n * e for n, e in zip(epochs, [7.0, 12.0, 18.0], strict=True)) / 60, 1)
+    # the warm-up epochs at a warm-up step's share of an iteration (0.02 / 0.05 s in the op-graphs mode,
+    # which paid here): less than the upper bound above
+    warm = PRESETS["progressive"].get("warmup_epochs", SearchConfig().warmup_epochs)
+    assert t["search_total_min_warmup_estimated"] == round(sum(
+        (n - w + 0.4 * w) * e for n, w, e in zip(epochs, warm, [7.0, 12.0, 18.0], strict=True)) / 60, 1)
+    assert t["search_total_min_warmup_estimated"] < t["search_total_min"]
     assert t["search_graphs"] == "on for the architecture step (one capture per epoch)"
     assert t["search_mode"]["darts"] == "cuda_graphs" and t["search_mode"]["gdas"] == "eager"
     assert t["cudnn_benchmark_vs_heuristics"] == {"darts": 1.25, "progressive": 1.0,
                                                   f"retrain (batch 128, {fast})": 1.5}
     assert t["gpu_busy"] == {"progressive (cuda graphs)": {"busy": 0.41, "kernels": 1800.0}}
+    assert t["warmup_draw_ahead"] == {"progressive (op graphs)": 1.25}
     assert t["conditional_nodes"] == {"captured": True, "why": None, "matches_eager": True,
                                       "eager_over_replay": {"sep_conv_3x3": 3.0}}
     # what a person reads: each target, its goal, the measured value, met or not; and the same as bars

@@ -138,6 +138,45 @@ def test_hard_sampler_step_reads_only_its_sampled_indices(tmp_path):
     assert 1 <= reads <= 2, summary
 
 
+def test_hard_sampler_warmup_draws_each_sample_a_step_early_to_the_same_bits(tmp_path):
+    """A warm-up step that another follows draws the next step's hard sample before its own work (on a
+    GPU the indices then reach the host while the step runs, and the next step does not wait for the
+    GPU to read them): the same draws in the same order, so the same steps to the bit."""
+    results = {}
+    for ahead in (False, True):
+        s = _searcher(tmp_path / str(ahead), "progressive")
+        drawn = collections.Counter()
+        for name in ("sample", "sample_ahead"):
+            method = getattr(s.net, name)
+            setattr(s.net, name, lambda *a, _m=method, _n=name, _d=drawn, **k: (_d.update([_n]), _m(*a, **k))[1])
+        gens = [torch.Generator().manual_seed(0) for _ in s.shards]
+        sums = torch.zeros(4)
+        with s.run_dir:
+            for i in range(4):
+                s.step(gens, sums, arch=False, ahead=ahead and i < 3)
+        assert s._ahead is None  # nothing left drawn for a step that is not coming
+        results[ahead] = ([p.detach().clone() for p in s.net.parameters()], sums,
+                          s.sampler_generator.get_state(), drawn)
+    (p0, sums0, gen0, drawn0), (p1, sums1, gen1, drawn1) = results[False], results[True]
+    assert drawn0 == {"sample": 4} and drawn1 == {"sample": 1, "sample_ahead": 3}
+    torch.testing.assert_close(sums1, sums0, rtol=0, atol=0)
+    assert torch.equal(gen1, gen0)
+    for a, b in zip(p1, p0, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_search_epoch_draws_ahead_in_its_warmup_but_not_past_its_last_step(tmp_path):
+    s = _searcher(tmp_path, "progressive", warmup_epochs=[1, 1, 1], max_steps=3)
+    calls = []
+    step = s.step
+    s.step = lambda gens, sums, arch=True, ahead=False: (calls.append((arch, ahead)), step(gens, sums, arch, ahead))[1]
+    with s.run_dir:
+        s.train_epoch(0, 0)  # warm-up: each step but the last draws the next one's sample
+        s.train_epoch(0, 1)  # search: the next sample depends on this step's architecture update
+    assert calls == [(False, True), (False, True), (False, False), (True, False), (True, False), (True, False)]
+    assert s._ahead is None
+
+
 def test_hard_sampler_static_architecture_step_reads_nothing(tmp_path):
     """What --cuda-graphs replays for the hard sampler: its architecture step drawing a fresh sample on
     the device and running every candidate, with no index read back (the weight step keeps its read)."""

@@ -3,9 +3,12 @@ softmax family (darts, pcdarts, drnas, pdarts: their whole iteration is static) 
 under ``torch.cuda.set_sync_debug_mode("error")``, which raises on any synchronizing call (``.item()``,
 ``.tolist()``, a device-to-host copy). CUDA only: skipped without a GPU, run by benchmarks/gpu_check.sh.
 
-The hard Gumbel sampler's weight step is not here on purpose: it runs only the sampled op of each
-edge, so the host reads the sampled indices (benchmarks/op_count.py counts them); its architecture
-step's static form, what ``--cuda-graphs`` replays, is."""
+The hard Gumbel sampler's weight step after an architecture step is not here on purpose: it runs only
+the sampled op of each edge, so the host reads the sampled indices, which depend on the architecture
+step just queued (benchmarks/op_count.py counts the reads). Its architecture step's static form, what
+``--cuda-graphs`` replays, is here, and so is its warm-up step: the architecture does not move there, so
+each step's sample was drawn a step early and its indices copied to pinned host memory while that step
+ran."""
 
 import pytest
 import torch
@@ -49,6 +52,22 @@ def test_hard_sampler_static_architecture_step_is_sync_free(tmp_path):
                 s._static_arch_update(None, valid, sums, True)
             finally:
                 torch.cuda.set_sync_debug_mode("default")
+
+
+def test_hard_sampler_warmup_step_is_sync_free(tmp_path):
+    s = tiny_searcher(tmp_path / "run", "progressive", device="cuda", cells=5, channels=16, batch_size=16)
+    with s.run_dir:
+        gens = [torch.Generator(s.train_data.images.device).manual_seed(0) for _ in s.shards]
+        sums = torch.zeros(4, device="cuda")
+        for _ in range(2):  # warm-up: allocator, cuDNN choices, momentum buffers, a sample drawn ahead
+            s.step(gens, sums, arch=False, ahead=True)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            s.step(gens, sums, arch=False, ahead=True)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert s._ahead is not None
 
 
 def test_retraining_step_is_sync_free(tmp_path):

@@ -94,6 +94,9 @@ class Searcher:
         self.fault_step = distributed.fault_step(rank)
         self.budget_report = None
         self.global_step = 0
+        # the next warm-up step's hard sample, drawn one step early (see _weight_sample)
+        self._ahead = None
+        self._draw_ahead = False
         # The architecture loss's cost term (None without a budget); refuses unreachable targets.
         image_size = cfg.image_size if cfg.dataset == "folder" else 32
         self.budget = make_budget_term(cfg, image_size, self.num_classes, cfg.primitives)
@@ -300,7 +303,8 @@ class Searcher:
         self.a_scaler.update()
         return loss_sum, correct
 
-    def step(self, gens: list[torch.Generator], sums: torch.Tensor, arch: bool = True) -> tuple[int, int]:
+    def step(self, gens: list[torch.Generator], sums: torch.Tensor, arch: bool = True,
+             ahead: bool = False) -> tuple[int, int]:
         """One search iteration: a sampled architecture's weight step on a training batch per shard, then
         (unless `arch` is off: the warm-up) the architecture step on a held-out batch per shard; with
         ``arch_first`` the architecture step comes first and the weight step samples the moved
@@ -308,7 +312,10 @@ class Searcher:
         loss * n and correct counts to `sums` on the device (train loss, train correct, valid loss, valid
         correct); returns the images each step saw. The batches are drawn first (training, then held-out:
         the augmentation generators' order either way), then :meth:`iterate` runs, replayed as a CUDA
-        graph with ``--cuda-graphs`` where the iteration is static (:mod:`fastnas.search.graphed`)."""
+        graph with ``--cuda-graphs`` where the iteration is static (:mod:`fastnas.search.graphed`).
+        `ahead`: a warm-up step that another warm-up step of the same epoch follows draws that step's hard
+        sample too (:meth:`_weight_sample`)."""
+        self._draw_ahead = ahead and not arch and self.sampler.hard
         train_batches = [self.batch(st, g) for st, g in zip(self.train_streams, gens, strict=True)]
         valid_batches = [self.batch(st, g) for st, g in zip(self.valid_streams, gens, strict=True)] if arch else None
         (self.graphed if self.graph_scope == ITERATION else self.iterate)(train_batches, valid_batches, sums, arch)
@@ -322,10 +329,24 @@ class Searcher:
             self._arch_phase(None, train_batches, valid_batches, sums)
             self._weight_update(self.net.sample(self.sampler), train_batches, sums)
             return
-        samples = self.net.sample(self.sampler)
+        samples = self._weight_sample()
         self._weight_update(samples, train_batches, sums)
         if arch:  # GDAS' arch_resample: a fresh architecture for every forward pass
             self._arch_phase(None if self.cfg.arch_resample else samples, train_batches, valid_batches, sums)
+
+    def _weight_sample(self) -> dict:
+        """The weight step's sample. A hard sample's indices reach the host before its ops can be issued,
+        and on a GPU that read waits for every kernel queued before it: the host stops and the GPU runs
+        dry once per step. In the warm-up the architecture does not move, so the next step's sample is
+        drawn here, before this step's kernels are queued, and its indices are copied to the host while
+        they run (:meth:`SuperNet.sample_ahead`); the next step finds them there, and the host keeps a
+        step ahead. The same draws from the sampler's generator in the same order (nothing else draws
+        from it in a warm-up step): the same samples, to the bit."""
+        pending, self._ahead = self._ahead, None
+        samples = pending() if pending is not None else self.net.sample(self.sampler)
+        if self._draw_ahead:
+            self._ahead = self.net.sample_ahead(self.sampler)
+        return samples
 
     def _arch_phase(self, samples, train_batches, valid_batches, sums) -> None:
         """The architecture step on `samples` (None: a fresh draw). Under ``--cuda-graphs`` with the hard
@@ -381,11 +402,11 @@ class Searcher:
                 cfg.seed * 1_000_003 + stage * 10_007 + epoch * 101 + r) for r in self.shards]
         t0 = time.perf_counter()
         bar = progress_bar(steps, f"stage {stage + 1} epoch {epoch + 1}", enabled=self.rank == 0)
-        for _ in range(steps):
+        for i in range(steps):
             self.global_step += 1
             if self.fault_step is not None and self.global_step >= self.fault_step:
                 os._exit(3)  # test hook (FASTNAS_FAULT): this process dies without a word
-            n_t, n_v = self.step(gens, sums, arch=not warm)
+            n_t, n_v = self.step(gens, sums, arch=not warm, ahead=warm and i < steps - 1)
             n_train, n_valid = n_train + n_t, n_valid + n_v
             bar.update(1)
         bar.close()

@@ -9,7 +9,7 @@ independently), the per-edge weights come from a :mod:`fastnas.space.sampler` sa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -325,10 +325,37 @@ class SuperNet(nn.Module):
         (a static architecture step runs every candidate)."""
         samples = {cell: sampler(alpha) for cell, alpha in self.named_arch_parameters().items()}
         if sampler.hard and host_index:
-            both = torch.cat([samples["normal"].index, samples["reduce"].index]).tolist()
-            E = self.alpha_normal.shape[0]
-            samples["normal"].index_list, samples["reduce"].index_list = both[:E], both[E:]
+            self._set_index_lists(samples, torch.cat([samples["normal"].index, samples["reduce"].index]).tolist())
         return samples
+
+    def _set_index_lists(self, samples: dict[str, Sample], both: list[int]) -> None:
+        E = self.alpha_normal.shape[0]
+        samples["normal"].index_list, samples["reduce"].index_list = both[:E], both[E:]
+
+    def sample_ahead(self, sampler: Sampler) -> Callable[[], dict[str, Sample]]:
+        """Draw a hard sample now and start copying its indices to the host; the returned function waits
+        for that copy only (not for work queued after it) and gives what :meth:`sample` would have given.
+        On a GPU the copy goes to pinned memory behind an event, so a draw made before a step's kernels
+        are queued is on the host by the time the step after it needs it. On a CPU it is :meth:`sample`
+        split in two."""
+        samples = {cell: sampler(alpha) for cell, alpha in self.named_arch_parameters().items()}
+        index = torch.cat([samples["normal"].index, samples["reduce"].index])
+        done = None
+        if index.is_cuda:
+            host = torch.empty(index.shape, dtype=index.dtype, pin_memory=True)
+            host.copy_(index, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(torch.cuda.current_stream(index.device))
+        else:
+            host = index
+
+        def result() -> dict[str, Sample]:
+            if done is not None:
+                done.synchronize()
+            self._set_index_lists(samples, host.tolist())
+            return samples
+
+        return result
 
     def forward(self, x: Tensor, samples: dict[str, Sample] | None = None, edge_weights: bool = True) -> Tensor:
         """Logits for `x` under `samples` (default: softmax of the architecture parameters);
