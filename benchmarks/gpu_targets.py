@@ -40,14 +40,25 @@ def _curves(out: Path, folder: str) -> dict:
         return {}
 
 
-def _stage_epoch_s(out: Path, stage: int) -> float | None:
-    """The search's epoch of `stage` (metrics.jsonl: one row per epoch, kept across a resume)."""
+def _stage_epoch_s(out: Path, stage: int, key: str = "epoch_time_s") -> float | None:
+    """The search's epoch of `stage` (metrics.jsonl: one row per epoch, kept across a resume): its steps
+    (``epoch_time_s``), or with the derivation, metrics and checkpoint after them (``epoch_wall_s``)."""
     try:
         rows = [json.loads(line) for line in (out / "search" / "metrics.jsonl").read_text().splitlines() if line]
     except (OSError, ValueError):
         return None
-    rows = [r for r in rows if r.get("stage") == stage and "epoch_time_s" in r]
-    return round(rows[-1]["epoch_time_s"], 2) if rows else None
+    rows = [r for r in rows if r.get("stage") == stage and key in r]
+    return round(rows[-1][key], 2) if rows else None
+
+
+def _stage_ends_s(out: Path) -> float:
+    """Seconds the search's stage ends took (scoring the derived cell, plots, pruning, building the next
+    supernet: summary.json's ``finish_s`` per stage; 0 where not recorded)."""
+    try:
+        stages = json.loads((out / "search" / "summary.json").read_text()).get("stages", [])
+    except (OSError, ValueError, AttributeError):
+        return 0.0
+    return sum(st.get("finish_s", 0.0) for st in stages if isinstance(st, dict))
 
 
 def _sync_free(out: Path, verdict: str | None) -> bool | None:
@@ -181,16 +192,19 @@ def collect(out: str | Path, sync_free: str | None = None) -> dict:
     if all(e is not None for e in epochs):
         from fastnas.search import PRESETS, SearchConfig
 
-        # every epoch of the preset at its stage's measured epoch (warm-up epochs, weights only, cost
-        # less: an upper bound)
+        # every epoch of the preset at its stage's measured epoch with what follows it (derivation,
+        # metrics, checkpoint; warm-up epochs, weights only, cost less: an upper bound), plus the three
+        # stage ends as measured
+        walls = [_stage_epoch_s(out, s, "epoch_wall_s") or e for s, e in zip((1, 2, 3), epochs, strict=True)]
+        ends = _stage_ends_s(out)
         stage_epochs = PRESETS["progressive"].get("epochs", SearchConfig().epochs)
-        total = round(sum(n * e for n, e in zip(stage_epochs, epochs, strict=True)) / 60, 1)
+        total = round((sum(n * e for n, e in zip(stage_epochs, walls, strict=True)) + ends) / 60, 1)
         # the same with the warm-up epochs at their own cost, estimated from the iteration benchmark
         share = _warmup_share(out)
         if share is not None:
             warm = PRESETS["progressive"].get("warmup_epochs", SearchConfig().warmup_epochs)
-            total_est = round(sum((n - w + w * share) * e for n, w, e in zip(stage_epochs, warm, epochs, strict=True))
-                              / 60, 1)
+            total_est = round((sum((n - w + w * share) * e for n, w, e in zip(stage_epochs, warm, walls, strict=True))
+                               + ends) / 60, 1)
 
     measured = bool(train or eager or graphed or per_op or cudnn or busy or ahead or conditional
                     or any(e is not None for e in epochs))

@@ -132,8 +132,9 @@ def test_targets_are_read_from_the_result_files(tmp_path, capsys):
          "s_per_iter": 0.05, "warmup_s_per_iter_ahead": 0.02, "warmup_s_per_iter_no_ahead": 0.025},
         {"preset": "gdas", "images_per_s": 300.0, "mode": "eager; per-op graphs: 464 ops, 300 replays"}])
     _write(tmp_path / "search" / "metrics.jsonl", "".join(
-        json.dumps({"stage": s, "epoch": 1, "warmup": False, "epoch_time_s": secs}) + "\n"
+        json.dumps({"stage": s, "epoch": 1, "warmup": False, "epoch_time_s": secs, "epoch_wall_s": secs + 0.5}) + "\n"
         for s, secs in ((1, 7.0), (2, 12.0), (3, 18.0))))
+    _write(tmp_path / "search" / "summary.json", {"stages": [{"stage": s, "finish_s": 2.0} for s in (1, 2, 3)]})
     graphs_line = "CUDA graphs: on for the architecture step (one capture per epoch)\n"
     _write(tmp_path / "search.log", "".join(f"{graphs_line}stage {s} epoch 1/1: ...\n" for s in (1, 2, 3))
            + "search time 40.1s; results in x\n")
@@ -168,12 +169,14 @@ def test_targets_are_read_from_the_result_files(tmp_path, capsys):
     from fastnas.search import PRESETS, SearchConfig
 
     epochs = PRESETS["progressive"].get("epochs", SearchConfig().epochs)
-    assert t["search_total_min"] == round(sum(n * e for n, e in zip(epochs, [7.0, 12.0, 18.0], strict=True)) / 60, 1)
+    # every epoch with its derivation, metrics and checkpoint (epoch_wall_s), and the three stage ends
+    walls = [7.5, 12.5, 18.5]
+    assert t["search_total_min"] == round((sum(n * e for n, e in zip(epochs, walls, strict=True)) + 6.0) / 60, 1)
     # the warm-up epochs at a warm-up step's share of an iteration (0.02 / 0.05 s in the op-graphs mode,
     # which paid here): less than the upper bound above
     warm = PRESETS["progressive"].get("warmup_epochs", SearchConfig().warmup_epochs)
-    assert t["search_total_min_warmup_estimated"] == round(sum(
-        (n - w + 0.4 * w) * e for n, w, e in zip(epochs, warm, [7.0, 12.0, 18.0], strict=True)) / 60, 1)
+    assert t["search_total_min_warmup_estimated"] == round((sum(
+        (n - w + 0.4 * w) * e for n, w, e in zip(epochs, warm, walls, strict=True)) + 6.0) / 60, 1)
     assert t["search_total_min_warmup_estimated"] < t["search_total_min"]
     assert t["search_graphs"] == "on for the architecture step (one capture per epoch)"
     assert t["search_mode"]["darts"] == "cuda_graphs" and t["search_mode"]["gdas"] == "eager"

@@ -43,6 +43,11 @@ def test_smoke_search_end_to_end(tmp_path):
     for stage in summary["stages"]:
         assert 0 <= stage["derived_acc"] <= 1
         assert {"normal_skips", "normal_param_free", "skips_removed_by_cap"} <= set(stage)
+    # the search time: every epoch with its checkpoint, and every stage's end (derived cell, plots, pruning)
+    assert all(r["epoch_wall_s"] >= r["epoch_time_s"] > 0 for r in rows)
+    assert all(stage["finish_s"] > 0 for stage in summary["stages"])
+    parts = sum(r["epoch_wall_s"] for r in rows) + sum(stage["finish_s"] for stage in summary["stages"])
+    assert parts - 0.5 <= summary["search_time_s"] <= parts
     g = Genotype.from_json(out / "genotype.json")
     assert sum(op == "skip_connect" for op, _ in g.normal) <= 2
     assert Genotype.parse((out / "genotype.txt").read_text()) == g

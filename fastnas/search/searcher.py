@@ -89,7 +89,7 @@ class Searcher:
         self.stage, self.epoch = 0, 0  # next epoch to run
         self.edge_primitives = None
         self.stage_genotypes: list[dict] = []
-        self.elapsed = 0.0
+        self.elapsed = 0.0  # search time: epochs, their checkpoints and stage ends (carried across a resume)
         self.net = None
         self.fault_step = distributed.fault_step(rank)
         self.budget_report = None
@@ -523,9 +523,14 @@ class Searcher:
                 row = self.train_epoch(stage, self.epoch)
                 self.epoch += 1
                 self.elapsed += time.perf_counter() - t0
-                row["elapsed_s"] = self.elapsed
                 # Checkpoint first: metrics past the checkpoint are dropped on resume.
+                t1 = time.perf_counter()
                 self.checkpoint()
+                # the search time counts the checkpoint too (the one just written holds the time before it)
+                self.elapsed += time.perf_counter() - t1
+                row["elapsed_s"] = self.elapsed
+                # the whole epoch: its steps, the derivation and metrics after them, its checkpoint
+                row["epoch_wall_s"] = time.perf_counter() - t0
                 step = sum(cfg.epochs[:stage]) + self.epoch
                 self.run_dir.log_metrics(row, step=step)
                 valid = (f"valid loss {row['valid_loss']:.3f} acc {row['valid_acc']:.3f}"
@@ -555,6 +560,7 @@ class Searcher:
 
     def finish_stage(self, stage: int) -> None:
         cfg = self.cfg
+        t0 = time.perf_counter()
         geno = self.derive()
         stats = cell_stats(geno, derive_genotype(self.net, None, self.sampler))  # both caps off
         derived = evaluate_derived(self.net, geno, self.train_data, self.valid_data, cfg.derived_eval_images,
@@ -583,9 +589,17 @@ class Searcher:
             self.build_stage(self.stage)
             if cfg.stage_transition == "continue":
                 self._continue_from(*old)
+            self._count_stage_end(entry, t0)
             self.checkpoint()
         else:
             self.stage = cfg.num_stages
+            self._count_stage_end(entry, t0)
+
+    def _count_stage_end(self, entry: dict, t0: float) -> None:
+        """A stage's end (its derived cell scored, plots, pruning, the next supernet built) counts in the
+        search time; its seconds go with the stage's genotype (``finish_s`` in summary.json)."""
+        entry["finish_s"] = time.perf_counter() - t0
+        self.elapsed += entry["finish_s"]
 
 
 def temperature_schedule(cfg: SearchConfig) -> TemperatureSchedule | None:
