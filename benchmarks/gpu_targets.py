@@ -40,15 +40,16 @@ def _curves(out: Path, folder: str) -> dict:
         return {}
 
 
-def _stage_epoch_s(out: Path, stage: int, key: str = "epoch_time_s") -> float | None:
-    """The search's epoch of `stage` (metrics.jsonl: one row per epoch, kept across a resume): its steps
-    (``epoch_time_s``), or with the derivation, metrics and checkpoint after them (``epoch_wall_s``)."""
+def _stage_epochs_s(out: Path, key: str) -> list[float | None]:
+    """The search's epoch of each of the three stages (metrics.jsonl: one row per epoch, kept across a
+    resume; None where missing): its steps (``epoch_time_s``), or with the derivation, metrics and
+    checkpoint after them (``epoch_wall_s``)."""
     try:
         rows = [json.loads(line) for line in (out / "search" / "metrics.jsonl").read_text().splitlines() if line]
     except (OSError, ValueError):
-        return None
-    rows = [r for r in rows if r.get("stage") == stage and key in r]
-    return round(rows[-1][key], 2) if rows else None
+        rows = []
+    last = {r.get("stage"): round(r[key], 2) for r in rows if key in r}  # each stage's last row
+    return [last.get(stage) for stage in (1, 2, 3)]
 
 
 def _stage_ends_s(out: Path) -> float:
@@ -96,18 +97,22 @@ def _search_rates(out: Path) -> tuple[dict, dict, dict]:
     return eager, graphed, per_op
 
 
+def _op_graphs_paid(graphed: dict, per_op: dict) -> bool:
+    return per_op.get("progressive", 0) > graphed.get("progressive", 0) > 0
+
+
 def op_graphs_pay(out: str | Path) -> bool:
     """Whether the default method's iteration was faster with per-op graphs than with --cuda-graphs alone
     in this folder (gpu_check then runs the search's stage epochs with them)."""
     _, graphed, per_op = _search_rates(Path(out))
-    return per_op.get("progressive", 0) > graphed.get("progressive", 0) > 0
+    return _op_graphs_paid(graphed, per_op)
 
 
-def _warmup_share(out: Path) -> float | None:
+def _warmup_share(out: Path, op_graphs_paid: bool) -> float | None:
     """A warm-up step of the default method (weights only, its sample drawn a step early) over a search
     iteration, in the mode gpu_check ran the stage epochs in (per-op graphs where they paid, else
     --cuda-graphs), at method_step's shape (None: not measured)."""
-    folder = "op_graphs/" if op_graphs_pay(out) else "graphs/"
+    folder = "op_graphs/" if op_graphs_paid else "graphs/"
     for r in _rows(out, folder + "method_step.json"):
         if r.get("preset") == "progressive" and r.get("warmup_s_per_iter_ahead") and r.get("s_per_iter"):
             return r["warmup_s_per_iter_ahead"] / r["s_per_iter"]
@@ -187,7 +192,7 @@ def collect(out: str | Path, sync_free: str | None = None) -> dict:
                        "eager_over_replay": {r["op"]: round(r["eager_ms"] / r["replay_ms"], 2)
                                              for r in pr.get("ops", []) if r.get("replay_ms")} or None}
 
-    epochs = [_stage_epoch_s(out, s) for s in (1, 2, 3)]
+    epochs = _stage_epochs_s(out, "epoch_time_s")
     total = total_est = None
     if all(e is not None for e in epochs):
         from fastnas.search import PRESETS, SearchConfig
@@ -195,12 +200,12 @@ def collect(out: str | Path, sync_free: str | None = None) -> dict:
         # every epoch of the preset at its stage's measured epoch with what follows it (derivation,
         # metrics, checkpoint; warm-up epochs, weights only, cost less: an upper bound), plus the three
         # stage ends as measured
-        walls = [_stage_epoch_s(out, s, "epoch_wall_s") or e for s, e in zip((1, 2, 3), epochs, strict=True)]
+        walls = [w or e for w, e in zip(_stage_epochs_s(out, "epoch_wall_s"), epochs, strict=True)]
         ends = _stage_ends_s(out)
         stage_epochs = PRESETS["progressive"].get("epochs", SearchConfig().epochs)
         total = round((sum(n * e for n, e in zip(stage_epochs, walls, strict=True)) + ends) / 60, 1)
         # the same with the warm-up epochs at their own cost, estimated from the iteration benchmark
-        share = _warmup_share(out)
+        share = _warmup_share(out, _op_graphs_paid(graphed, per_op))
         if share is not None:
             warm = PRESETS["progressive"].get("warmup_epochs", SearchConfig().warmup_epochs)
             total_est = round((sum((n - w + w * share) * e for n, w, e in zip(stage_epochs, warm, walls, strict=True))

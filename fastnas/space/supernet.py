@@ -183,6 +183,11 @@ class SearchCell(nn.Module):
         return torch.cat(states[-self.multiplier :], dim=1)
 
 
+def _indices(samples: dict[str, Sample]) -> Tensor:
+    """A hard sample's indices, normal cell then reduction cell, in one tensor (one copy to the host)."""
+    return torch.cat([samples["normal"].index, samples["reduce"].index])
+
+
 class SuperNet(nn.Module):
     """The search network.
 
@@ -323,10 +328,13 @@ class SuperNet(nn.Module):
         """Draw per-edge weights for both cell types. A hard sample's indices are copied to the host
         (one transfer, a sync on a GPU: the forward picks its ops from them) unless `host_index` is off
         (a static architecture step runs every candidate)."""
-        samples = {cell: sampler(alpha) for cell, alpha in self.named_arch_parameters().items()}
+        samples = self._draw(sampler)
         if sampler.hard and host_index:
-            self._set_index_lists(samples, torch.cat([samples["normal"].index, samples["reduce"].index]).tolist())
+            self._set_index_lists(samples, _indices(samples).tolist())
         return samples
+
+    def _draw(self, sampler: Sampler) -> dict[str, Sample]:
+        return {cell: sampler(alpha) for cell, alpha in self.named_arch_parameters().items()}
 
     def _set_index_lists(self, samples: dict[str, Sample], both: list[int]) -> None:
         E = self.alpha_normal.shape[0]
@@ -338,8 +346,8 @@ class SuperNet(nn.Module):
         On a GPU the copy goes to pinned memory behind an event, so a draw made before a step's kernels
         are queued is on the host by the time the step after it needs it. On a CPU it is :meth:`sample`
         split in two."""
-        samples = {cell: sampler(alpha) for cell, alpha in self.named_arch_parameters().items()}
-        index = torch.cat([samples["normal"].index, samples["reduce"].index])
+        samples = self._draw(sampler)
+        index = _indices(samples)
         done = None
         if index.is_cuda:
             host = torch.empty(index.shape, dtype=index.dtype, pin_memory=True)
